@@ -1,0 +1,317 @@
+"""What a quantum engine must know about a model's chemistry.
+
+Total charge and spin multiplicity are derived from the atoms present
+(protonation states of titratable groups, termini, ions), and a QM region is
+refused when it lacks hydrogens: a quantum energy of a model without its
+hydrogens is the energy of a different molecule (radicals, carbenes) and its
+gradient would drag the structure somewhere wrong, silently.
+
+Protonation is read from the coordinates, not the names, so PDB v3, old
+mon_lib and CHARMM-style hydrogen names all work: a hydrogen belongs to the
+heavy atom it is within 1.3 A of.
+"""
+
+from dataclasses import dataclass, field
+from typing import List, Optional
+
+import numpy as np
+from ase.data import atomic_numbers
+from libtbx.utils import Sorry
+
+X_H_MAX = 1.3  # A; longest X-H bond of a sane model (S-H is 1.34 only with nuclear distances)
+
+#: formal charges of monatomic ions by residue name
+ION_CHARGES = {
+    "LI": 1, "NA": 1, "K": 1, "RB": 1, "CS": 1, "AG": 1, "CU1": 1,
+    "MG": 2, "CA": 2, "SR": 2, "BA": 2, "ZN": 2, "MN": 2, "FE2": 2, "CO": 2,
+    "NI": 2, "CU": 2, "CD": 2, "HG": 2, "PB": 2,
+    "FE": 3, "AL": 3, "GA": 3, "CR": 3, "YB": 3, "GD": 3, "LA": 3,
+    "F": -1, "CL": -1, "BR": -1, "IOD": -1,
+}
+WATER = {"HOH", "WAT", "H2O", "DOD", "TIP", "TIP3", "SOL"}
+
+AMINO_ACIDS = {
+    "ALA", "ARG", "ASN", "ASP", "CYS", "GLN", "GLU", "GLY", "HIS", "ILE", "LEU",
+    "LYS", "MET", "PHE", "PRO", "SER", "THR", "TRP", "TYR", "VAL", "MSE",
+    "HID", "HIE", "HIP", "ASH", "GLH", "LYN", "CYX", "CYM",
+}
+
+# Titratable side chains: heavy atoms whose H count decides the charge, and
+# charge = h_count - neutral_h_count (so a missing H reads as a charge).
+SIDE_CHAIN_SITES = {
+    "ASP": (("OD1", "OD2"), 1), "ASH": (("OD1", "OD2"), 1),
+    "GLU": (("OE1", "OE2"), 1), "GLH": (("OE1", "OE2"), 1),
+    "HIS": (("ND1", "NE2"), 1), "HID": (("ND1", "NE2"), 1),
+    "HIE": (("ND1", "NE2"), 1), "HIP": (("ND1", "NE2"), 1),
+    "LYS": (("NZ",), 2), "LYN": (("NZ",), 2),
+    "ARG": (("NE", "NH1", "NH2"), 4),
+    "TYR": (("OH",), 1),
+    "CYS": (("SG",), 1), "CYM": (("SG",), 1),
+}
+
+
+@dataclass
+class ResidueCharge:
+    label: str
+    charge: int
+    reason: str
+
+
+@dataclass
+class ChargeAssignment:
+    """Charge and multiplicity of a set of atoms, with the evidence."""
+
+    charge: int
+    multiplicity: int
+    n_electrons: int
+    charged_residues: List[ResidueCharge] = field(default_factory=list)
+    assumed_neutral: List[str] = field(default_factory=list)
+    charge_from_user: bool = False
+    multiplicity_from_user: bool = False
+
+    def show(self, log, prefix="  "):
+        src = "given" if self.charge_from_user else "from the model"
+        print("%stotal charge %+d (%s), multiplicity %d, %d electrons"
+              % (prefix, self.charge, src, self.multiplicity, self.n_electrons), file=log)
+        for r in self.charged_residues:
+            print("%s  %-18s %+d  %s" % (prefix, r.label, r.charge, r.reason), file=log)
+        if self.assumed_neutral:
+            print("%s  assumed neutral (no rule for them; set charge= if wrong): %s"
+                  % (prefix, ", ".join(self.assumed_neutral)), file=log)
+
+
+def _residue_label(rg, chain_id, resname):
+    return "%s %s %s%s" % (chain_id.strip() or "_", resname.strip(), rg.resseq.strip(),
+                           rg.icode.strip())
+
+
+@dataclass
+class _Residue:
+    label: str
+    resname: str
+    names: List[str]
+    elements: List[str]
+    xyz: np.ndarray
+    i_seqs: List[int]
+
+    def atom(self, name):
+        try:
+            return self.xyz[self.names.index(name)]
+        except ValueError:
+            return None
+
+    def hydrogens_on(self, heavy_xyz):
+        h = self.xyz[[e in ("H", "D") for e in self.elements]]
+        if heavy_xyz is None or len(h) == 0:
+            return 0
+        return int(np.sum(np.linalg.norm(h - heavy_xyz, axis=1) < X_H_MAX))
+
+
+def _element(atom):
+    e = atom.element.strip().upper()
+    if not e:  # old files without the element column: first letter of the name
+        e = atom.name.strip().lstrip("0123456789")[:1].upper()
+    return e.capitalize()
+
+
+def residues(hierarchy, selection=None):
+    """Residues (first conformer) that have at least one selected atom."""
+    sel = None if selection is None else np.asarray(selection, dtype=bool)
+    sites = np.array(hierarchy.atoms().extract_xyz())
+    result = []
+    for chain in hierarchy.only_model().chains():
+        for rg in chain.residue_groups():
+            for ag in rg.atom_groups():
+                i_seqs = [a.i_seq for a in ag.atoms()]
+                if sel is not None and not sel[i_seqs].any():
+                    continue
+                atoms = list(ag.atoms())
+                result.append(_Residue(
+                    label=_residue_label(rg, chain.id, ag.resname),
+                    resname=ag.resname.strip().upper(),
+                    names=[a.name.strip() for a in atoms],
+                    elements=[_element(a) for a in atoms],
+                    xyz=sites[i_seqs], i_seqs=i_seqs))
+    return result
+
+
+def _near(xyz_a, xyz_list, cutoff):
+    return any(x is not None and np.linalg.norm(xyz_a - x) < cutoff for x in xyz_list)
+
+
+def residue_charge(res: _Residue, all_residues) -> Optional[ResidueCharge]:
+    """Formal charge of one residue, or None if no rule covers it (ligands)."""
+    name = res.resname
+    if name in ION_CHARGES and len(res.names) == 1:
+        return ResidueCharge(res.label, ION_CHARGES[name], "ion")
+    if name in WATER:
+        return ResidueCharge(res.label, 0, "water")
+    if name not in AMINO_ACIDS:
+        return None
+    charge, reasons = 0, []
+    site = SIDE_CHAIN_SITES.get(name)
+    if site is not None:
+        atoms, neutral_h = site
+        present = [res.atom(a) for a in atoms]
+        if all(x is not None for x in present):
+            n_h = sum(res.hydrogens_on(x) for x in present)
+            q = n_h - neutral_h
+            if name in ("CYS", "CYM") and q < 0:
+                # disulfide or metal-bound thiolate counts as neutral S-S / S-M
+                sg = present[0]
+                others = [r.atom("SG") for r in all_residues if r is not res]
+                metals = [r.xyz[0] for r in all_residues
+                          if r.resname in ION_CHARGES and len(r.names) == 1]
+                if _near(sg, others, 2.5) or _near(sg, metals, 2.8):
+                    q = 0
+            if q:
+                reasons.append("side chain %s: %d H" % ("/".join(atoms), n_h))
+                charge += q
+    n = res.atom("N")
+    if n is not None:
+        previous_c = [r.atom("C") for r in all_residues if r is not res]
+        if not _near(n, previous_c, 2.0):  # N-terminus (no peptide bond to it)
+            neutral_h = 1 if name == "PRO" else 2
+            q = res.hydrogens_on(n) - neutral_h
+            if q:
+                reasons.append("N-terminus: %d H on N" % res.hydrogens_on(n))
+                charge += q
+    oxt = res.atom("OXT")
+    if oxt is not None:
+        n_h = res.hydrogens_on(oxt) + res.hydrogens_on(res.atom("O"))
+        if n_h == 0:
+            reasons.append("C-terminus: carboxylate")
+            charge -= 1
+    return ResidueCharge(res.label, charge, "; ".join(reasons) or "neutral")
+
+
+def n_electrons_neutral(elements):
+    try:
+        return sum(atomic_numbers[e] for e in elements)
+    except KeyError as e:
+        raise Sorry("Unknown element %s: fix the element column of the model." % e)
+
+
+def assign_charge_and_multiplicity(hierarchy, selection=None, charge=None,
+                                   multiplicity=None, extra_elements=()):
+    """Total charge and multiplicity for the selected atoms (None: all).
+
+    extra_elements: atoms the engine sees in addition (capping hydrogens).
+    An odd electron count with multiplicity 1, or an even count with an even
+    multiplicity, is refused with the residues to look at.
+    """
+    res = residues(hierarchy, selection)
+    sel = None if selection is None else np.asarray(selection, dtype=bool)
+    elements = []
+    for r in res:
+        for i, e in zip(r.i_seqs, r.elements):
+            if sel is None or sel[i]:
+                elements.append(e)
+    elements.extend(extra_elements)
+    charges = [residue_charge(r, res) for r in res]
+    result = ChargeAssignment(
+        charge=0, multiplicity=1, n_electrons=0,
+        charged_residues=[c for c in charges if c is not None and c.charge != 0],
+        assumed_neutral=[r.label for r, c in zip(res, charges) if c is None])
+    auto_charge = sum(c.charge for c in charges if c is not None)
+    result.charge = auto_charge if charge is None else int(charge)
+    result.charge_from_user = charge is not None
+    result.n_electrons = n_electrons_neutral(elements) - result.charge
+    odd = result.n_electrons % 2 == 1
+    if multiplicity is None:
+        if odd:
+            raise Sorry(_odd_electron_message(result, res))
+        result.multiplicity = 1
+    else:
+        result.multiplicity = int(multiplicity)
+        result.multiplicity_from_user = True
+        if result.multiplicity < 1 or (result.multiplicity % 2 == 1) == odd:
+            if odd:
+                raise Sorry(_odd_electron_message(result, res))
+            raise Sorry(
+                "Multiplicity %d is impossible for %d electrons (charge %+d): an even"
+                " electron count needs an odd multiplicity (1 = closed-shell singlet)."
+                " Fix multiplicity= or charge=." % (result.multiplicity,
+                                                    result.n_electrons, result.charge))
+    return result
+
+
+def _odd_electron_message(result, res):
+    suspects = [r.label for r in res if _missing_hydrogen_reason(r)] or \
+        result.assumed_neutral or [c.label for c in result.charged_residues]
+    return (
+        "The QM region has an odd number of electrons (%d at total charge %+d) but"
+        " multiplicity %d was %s. This almost always means missing or extra hydrogens"
+        " or a wrong charge. Residues to check: %s. Fix: add all hydrogens (python -m"
+        " qr_phenix.prepare model.pdb), or set qm_restraints.charge=..., or set"
+        " qm_restraints.multiplicity=2 if the model really is a radical."
+        % (result.n_electrons, result.charge,
+           result.multiplicity if result.multiplicity_from_user else 1,
+           "given" if result.multiplicity_from_user else "assumed",
+           ", ".join(suspects[:20]) + (" ..." if len(suspects) > 20 else "")))
+
+
+def _missing_hydrogen_reason(res: _Residue, expected_ch=None):
+    """Why this residue looks like it lacks hydrogens, or None."""
+    heavy = [i for i, e in enumerate(res.elements) if e not in ("H", "D")]
+    n_h = len(res.elements) - len(heavy)
+    if res.resname in WATER:
+        return None if n_h == 2 else "water with %d H" % n_h
+    if res.resname in ION_CHARGES and len(res.names) == 1:
+        return None
+    has_carbon = any(res.elements[i] == "C" for i in heavy)
+    if has_carbon and n_h == 0:
+        return "no hydrogens"
+    if expected_ch is not None:
+        for i in heavy:
+            name = res.names[i]
+            want = expected_ch.get(name)
+            if want is not None and res.hydrogens_on(res.xyz[i]) < want:
+                return "%s has %d of %d H" % (name, res.hydrogens_on(res.xyz[i]), want)
+    return None
+
+
+_CH_CACHE = {}
+
+
+def _expected_carbon_hydrogens(resname):
+    """{carbon name: number of H} from the monomer library (None if no entry).
+
+    Only C-H counts are checked: they do not depend on protonation state or
+    termini, so a shortfall is a missing hydrogen, never a chemistry choice.
+    """
+    if resname in _CH_CACHE:
+        return _CH_CACHE[resname]
+    result = None
+    try:
+        from qr_phenix.monomer_library import monomer_server
+        comp = monomer_server().get_comp_comp_id_direct(resname)
+    except Exception:
+        comp = None
+    if comp is not None:
+        types = {a.atom_id: (a.type_symbol or "").upper() for a in comp.atom_list}
+        result = {}
+        for b in comp.bond_list:
+            for x, y in ((b.atom_id_1, b.atom_id_2), (b.atom_id_2, b.atom_id_1)):
+                if types.get(x) == "C" and types.get(y) in ("H", "D"):
+                    result[x] = result.get(x, 0) + 1
+    _CH_CACHE[resname] = result
+    return result
+
+
+def check_hydrogens(hierarchy, selection=None, use_library=True):
+    """Raise Sorry naming the residues (in the selection) that lack hydrogens."""
+    problems = []
+    for r in residues(hierarchy, selection):
+        expected = _expected_carbon_hydrogens(r.resname) if (
+            use_library and r.resname in AMINO_ACIDS) else None
+        why = _missing_hydrogen_reason(r, expected)
+        if why:
+            problems.append("%s (%s)" % (r.label, why))
+    if problems:
+        raise Sorry(
+            "QM restraints need every hydrogen, but %d residue(s) in the QM region lack"
+            " some: %s. Fix: add hydrogens first (python -m qr_phenix.prepare model.pdb,"
+            " or phenix.reduce / mmtbx.reduce2), or leave these residues out of"
+            " qm_restraints.selection."
+            % (len(problems), "; ".join(problems[:15]) + (" ..." if len(problems) > 15 else "")))

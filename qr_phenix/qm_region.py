@@ -1,0 +1,156 @@
+"""A QM region cut out of a model: selected atoms plus hydrogen caps.
+
+Each covalent bond from a selected atom A to an unselected atom B is replaced
+by a hydrogen cap on the A-B line at a fixed A-H distance:
+
+    r_H = r_A + d * u,   u = (r_B - r_A) / |r_B - r_A|
+
+The cap has no coordinates of its own, so its gradient is passed to the real
+atoms by the chain rule of that placement (exact, so energy and gradient stay
+consistent for the minimiser's line search):
+
+    dE/dr_A += g_H - (d/|r_B - r_A|) P g_H,   dE/dr_B += (d/|r_B - r_A|) P g_H,
+    P = I - u u^T.
+
+An unselected atom bonded to two or more selected atoms would get two caps in
+nearly the same place; such atoms are added to the region instead.
+"""
+
+from dataclasses import dataclass, field
+from typing import List, Tuple
+
+import numpy as np
+from ase.data import atomic_numbers, covalent_radii
+from libtbx.utils import Sorry
+
+#: A-H distances (A) for caps, by element of the kept atom A
+CAP_DISTANCE = {"C": 1.09, "N": 1.01, "O": 0.96, "S": 1.34, "P": 1.42, "SE": 1.47}
+BOND_TOLERANCE = 0.45  # A over the sum of covalent radii for distance-based bonds
+
+
+def covalent_bonds(elements, sites, extra_pairs=()):
+    """Bonds by covalent radii (+tolerance), plus given pairs (library bonds).
+
+    The library knows every bond of residues with a dictionary; distances
+    catch ligands without one and links the library did not make.
+    """
+    sites = np.asarray(sites, dtype=float)
+    radii = np.array([covalent_radii[atomic_numbers.get(e.capitalize(), 0)] for e in elements])
+    bonds = set()
+    # cell lists keep this linear in the number of atoms
+    cell = 3.0
+    keys = np.floor(sites / cell).astype(int)
+    buckets = {}
+    for i, k in enumerate(map(tuple, keys)):
+        buckets.setdefault(k, []).append(i)
+    offsets = [(a, b, c) for a in (-1, 0, 1) for b in (-1, 0, 1) for c in (-1, 0, 1)]
+    for i, k in enumerate(map(tuple, keys)):
+        for off in offsets:
+            for j in buckets.get((k[0] + off[0], k[1] + off[1], k[2] + off[2]), ()):
+                if j <= i:
+                    continue
+                if elements[i] in ("H", "D") and elements[j] in ("H", "D"):
+                    continue
+                d = np.linalg.norm(sites[i] - sites[j])
+                if d < radii[i] + radii[j] + BOND_TOLERANCE:
+                    bonds.add((i, j))
+    for i, j in extra_pairs:
+        bonds.add((min(i, j), max(i, j)))
+    return sorted(bonds)
+
+
+@dataclass
+class Cap:
+    inner: int      # model index of the kept atom A
+    outer: int      # model index of the replaced atom B
+    distance: float
+
+
+@dataclass
+class QMRegion:
+    """Model atoms (indices) that a quantum engine sees, with their caps."""
+
+    atoms: np.ndarray                    # model i_seqs, sorted
+    elements: List[str]                  # of the region's real atoms
+    caps: List[Cap] = field(default_factory=list)
+    added_atoms: List[int] = field(default_factory=list)  # auto-added to the selection
+
+    @property
+    def n_atoms(self):
+        return len(self.atoms) + len(self.caps)
+
+    @property
+    def symbols(self):
+        return list(self.elements) + ["H"] * len(self.caps)
+
+    def positions(self, sites_cart):
+        """Engine coordinates (A): region atoms, then caps."""
+        sites = np.asarray(sites_cart, dtype=float)
+        real = sites[self.atoms]
+        if not self.caps:
+            return real
+        a = sites[[c.inner for c in self.caps]]
+        b = sites[[c.outer for c in self.caps]]
+        d = np.array([c.distance for c in self.caps])[:, None]
+        v = b - a
+        u = v / np.linalg.norm(v, axis=1)[:, None]
+        return np.vstack([real, a + d * u])
+
+    def gradient_to_model(self, region_gradient, sites_cart, n_model):
+        """Scatter the engine gradient (region atoms + caps) onto model atoms."""
+        g = np.asarray(region_gradient, dtype=float)
+        out = np.zeros((n_model, 3))
+        n_real = len(self.atoms)
+        out[self.atoms] += g[:n_real]
+        if self.caps:
+            sites = np.asarray(sites_cart, dtype=float)
+            for cap, g_h in zip(self.caps, g[n_real:]):
+                v = sites[cap.outer] - sites[cap.inner]
+                norm = np.linalg.norm(v)
+                u = v / norm
+                p_g = (g_h - u * np.dot(u, g_h)) * (cap.distance / norm)
+                out[cap.inner] += g_h - p_g
+                out[cap.outer] += p_g
+        return out
+
+
+def build_region(selection, elements, bonds, log=None) -> QMRegion:
+    """Region from a boolean selection over model atoms and the bond list."""
+    sel = np.array(selection, dtype=bool)
+    if not sel.any():
+        raise Sorry("The QM selection selects no atoms: check qm_restraints.selection.")
+    elements = [e.capitalize() for e in elements]
+    neighbours = {}
+    for i, j in bonds:
+        neighbours.setdefault(i, []).append(j)
+        neighbours.setdefault(j, []).append(i)
+    is_h = np.array([e.upper() in ("H", "D") for e in elements])
+    added = []
+    while True:
+        # hydrogens go with their heavy atom (never cap or cut at an H), and an
+        # outside atom bonded to 2+ region atoms joins (rings, branches)
+        grow = [k for k in np.flatnonzero(~sel)
+                if any(sel[n] and (is_h[k] or is_h[n]) for n in neighbours.get(k, ()))
+                or sum(sel[n] for n in neighbours.get(k, ())) >= 2]
+        if not grow:
+            break
+        sel[grow] = True
+        added.extend(int(k) for k in grow)
+    caps = []
+    for i in np.flatnonzero(sel):
+        for j in neighbours.get(i, ()):
+            if sel[j]:
+                continue
+            el = elements[i].upper()
+            distance = CAP_DISTANCE.get(el)
+            if distance is None:
+                raise Sorry("The QM selection boundary cuts a bond at a %s atom, which"
+                            " cannot be capped with hydrogen; move the boundary to a"
+                            " C-C or C-N single bond." % elements[i])
+            caps.append(Cap(inner=int(i), outer=int(j), distance=distance))
+    atoms = np.flatnonzero(sel)
+    if log is not None and added:
+        print("  QM region: added %d atom(s) bonded to the region on two sides"
+              % len(added), file=log)
+    return QMRegion(atoms=atoms, elements=[elements[i] for i in atoms], caps=caps,
+                    added_atoms=added)

@@ -1,0 +1,367 @@
+"""Quantum-chemical restraints behind cctbx's `energies_sites` interface.
+
+`QMRestraintsManager` is a drop-in for a cctbx geometry restraints manager
+(`model.get_restraints_manager().geometry`).  Its `energies_sites` has the
+exact cctbx signature and returns a real `cctbx.geometry_restraints.energies`
+object, so mmtbx minimisers, weight calculation, monitors and statistics work
+unchanged.  What changes is the target and its gradient:
+
+* whole model (`selection=None`):  T = scale * (E_QM(model) - E_0)
+* QM selection:  T = E_lib(model) - E_lib(region) + scale * (E_QM(region+caps) - E_0)
+
+E_lib(region) is the library energy of the region's atoms alone (the library
+manager `select()`-ed to the region), so every bond, angle, torsion, plane,
+chirality and nonbonded term with all its atoms inside the region is counted
+once, by QM, and every term that reaches outside stays with the library.
+E_0 is the QM energy of the first evaluation: a constant that keeps target
+values small (it cancels in gradients, in weights and in line searches).
+
+Units: kcal/mol and kcal/mol/A, like the library terms; `scale` multiplies
+the QM energy (1 = physical kcal/mol).
+
+The library evaluation is kept in every result (`bond_deviations()`,
+`angle_deviations()`, proxy counts, `number_of_restraints`), so reported
+geometry is the usual rmsd against the Engh & Huber library even when the
+target is a quantum energy.
+"""
+
+import sys
+import time
+import hashlib
+
+import numpy as np
+import iotbx.phil
+from libtbx.utils import Sorry
+from scitbx.array_family import flex
+
+from qr_phenix import chemistry
+from qr_phenix.engines import make_calculator, phil_choice
+from qr_phenix.engines.base import EngineSettings, energy_and_gradient
+from qr_phenix.qm_region import build_region, covalent_bonds
+
+master_phil_str = """
+restraints = *cctbx qm
+  .type = choice
+  .help = "Source of geometry restraints: the monomer library (cctbx) or a \
+           quantum-chemical energy (qm, for the whole model or a selection)"
+  .short_caption = Restraints
+engine = %s
+  .type = choice
+  .help = "Quantum engine (used when restraints=qm)"
+  .short_caption = QM engine
+selection = None
+  .type = atom_selection
+  .help = "QM region; None = whole model. Atoms outside it keep library \
+           restraints; cut bonds are capped with hydrogen."
+  .short_caption = QM selection
+charge = None
+  .type = int
+  .help = "Total charge of the QM region; None = from protonation states, \
+           termini and ions in the model"
+multiplicity = None
+  .type = int
+  .help = "Spin multiplicity 2S+1; None = 1 (closed shell)"
+scale = 1.0
+  .type = float
+  .help = "Factor on the QM energy (kcal/mol) before it enters the target"
+check_hydrogens = True
+  .type = bool
+  .help = "Refuse QM regions whose residues lack hydrogens"
+engine_options
+  .help = "Settings passed to the engine; each engine reads the ones it uses"
+{
+  threads = 1
+    .type = int
+    .help = "Threads per engine calculation (OpenMP / BLAS)"
+  solvent = None
+    .type = str
+    .help = "Implicit solvent, e.g. water (tblite/xtb: ALPB; MOPAC: COSMO)"
+  electronic_temperature = 300
+    .type = float
+    .help = "Electronic temperature in K (xTB); raised automatically on SCC failure"
+  max_iterations = 250
+    .type = int
+  mozyme = False
+    .type = bool
+    .help = "MOPAC: linear-scaling localized-orbital SCF (large selections)"
+  basis = def2-svp
+    .type = str
+    .help = "PySCF basis set"
+  xc = b3lyp
+    .type = str
+    .help = "PySCF exchange-correlation functional (engine=dft)"
+  dispersion = d3bj
+    .type = str
+    .help = "PySCF dispersion correction (d3bj, d3zero, d4 or none)"
+  density_fit = True
+    .type = bool
+    .help = "PySCF density fitting (RI-J/K)"
+  calculator = None
+    .type = str
+    .help = "engine=ase: calculator class as package.module:ClassName"
+  calculator_kwargs = None
+    .type = str
+    .help = "engine=ase: keyword arguments as JSON, e.g. {\\"method\\": \\"GFN2-xTB\\"}"
+  model_path = None
+    .type = path
+    .help = "Machine-learned potentials: local weights file (no download at run time)"
+  binary = None
+    .type = path
+    .help = "Path of the engine program (xtb, mopac); default: search PATH"
+  workdir = None
+    .type = path
+    .help = "Scratch directory for file-based engines"
+}
+""" % phil_choice()
+
+#: `include scope qr_phenix.restraints_manager.phil_scope` in other programs
+phil_scope = iotbx.phil.parse("qm_restraints\n  .short_caption = Quantum restraints\n{\n%s\n}"
+                              % master_phil_str)
+
+
+def engine_settings_from_params(params, charge, multiplicity) -> EngineSettings:
+    """PHIL `qm_restraints` extract -> EngineSettings for the engine factory."""
+    import json
+    o = params.engine_options
+    kwargs = {}
+    if o.calculator_kwargs:
+        try:
+            kwargs = json.loads(o.calculator_kwargs)
+        except ValueError as e:
+            raise Sorry("qm_restraints.engine_options.calculator_kwargs is not valid JSON"
+                        " (%s): %s" % (e, o.calculator_kwargs))
+    dispersion = o.dispersion
+    if dispersion is not None and dispersion.lower() in ("none", "off", "false"):
+        dispersion = None
+    return EngineSettings(
+        name=params.engine, charge=charge, multiplicity=multiplicity,
+        threads=o.threads, solvent=o.solvent,
+        electronic_temperature=o.electronic_temperature,
+        max_iterations=o.max_iterations, mozyme=o.mozyme, basis=o.basis, xc=o.xc,
+        dispersion=dispersion, density_fit=o.density_fit, calculator=o.calculator,
+        calculator_kwargs=kwargs, model_path=o.model_path, binary=o.binary,
+        workdir=o.workdir)
+
+
+class SingleCalculation:
+    """QM evaluator: one engine calculation on the whole model or on a region
+    with caps.  An evaluator maps model coordinates (n, 3) to (energy kcal/mol,
+    gradient (n, 3) kcal/mol/A); fragment-based evaluators follow the same
+    contract (qr_phenix.fragmentation)."""
+
+    def __init__(self, calculator, symbols, region=None):
+        self.calculator = calculator
+        self.symbols = list(symbols)
+        self.region = region
+
+    def energy_and_gradient(self, sites):
+        if self.region is None:
+            eg = energy_and_gradient(self.calculator, self.symbols, sites)
+            return eg.energy, eg.gradient
+        eg = energy_and_gradient(self.calculator, self.region.symbols,
+                                 self.region.positions(sites))
+        return eg.energy, self.region.gradient_to_model(eg.gradient, sites, len(sites))
+
+
+class QMRestraintsManager:
+    """Drop-in for cctbx.geometry_restraints.manager.manager (see module doc).
+
+    evaluator: object with energy_and_gradient(sites (n,3)) -> (kcal/mol, (n,3)).
+    region_atoms: model indices whose internal library terms QM replaces, or
+    None for the whole model.
+    """
+
+    def __init__(self, standard, evaluator, region_atoms=None, n_atoms=None, scale=1.0,
+                 engine_name="qm", charge_assignment=None):
+        self.standard = standard
+        self.evaluator = evaluator
+        self.region_atoms = None if region_atoms is None else np.asarray(region_atoms)
+        self.n_atoms = n_atoms
+        self.scale = scale
+        self.engine_name = engine_name
+        self.charge_assignment = charge_assignment
+        self.inner_library = None
+        if self.region_atoms is not None:
+            self._region_iselection = flex.size_t([int(i) for i in self.region_atoms])
+            self.inner_library = standard.select(iselection=self._region_iselection)
+        self.energy_reference = None
+        self.n_engine_calls = 0
+        self.engine_seconds = 0.0
+        self._cache_key = None
+        self._cache_value = None
+
+    # everything not overridden (pair_proxies, crystal_symmetry, proxies,
+    # shift_sites_cart, ...) is the library manager's
+    def __getattr__(self, name):
+        standard = self.__dict__.get("standard")
+        if standard is None:
+            raise AttributeError(name)
+        return getattr(standard, name)
+
+    def __deepcopy__(self, memo):
+        # the engine (a live process or wavefunction) is shared, not copied
+        import copy
+        new = copy.copy(self)
+        new.standard = copy.deepcopy(self.standard, memo)
+        return new
+
+    @property
+    def is_whole_model(self):
+        return self.region_atoms is None
+
+    def select(self, selection=None, iselection=None):
+        """All atoms: self.  A subset: the library manager of that subset (the
+        QM term is defined for the whole region only, so it is not split)."""
+        n = selection.size() if selection is not None else None
+        if selection is not None and selection.count(True) == n:
+            return self
+        if iselection is not None and iselection.size() == self.n_atoms and \
+                list(iselection) == list(range(self.n_atoms)):
+            return self
+        return self.standard.select(selection=selection, iselection=iselection)
+
+    def reset_energy_reference(self):
+        self.energy_reference = None
+
+    def qm_energy_and_gradient(self, sites_cart):
+        """QM energy (kcal/mol, absolute) and gradient on model atoms (n, 3).
+
+        Identical coordinates are not recomputed: minimisers ask for a
+        target-only value at the point they just evaluated.
+        """
+        sites = np.array(sites_cart, dtype=float).reshape(-1, 3)
+        key = hashlib.sha1(sites.tobytes()).hexdigest()
+        if key == self._cache_key:
+            return self._cache_value
+        t0 = time.perf_counter()
+        energy, gradient = self.evaluator.energy_and_gradient(sites)
+        self.engine_seconds += time.perf_counter() - t0
+        self.n_engine_calls += 1
+        self._cache_key, self._cache_value = key, (energy, gradient)
+        return self._cache_value
+
+    def energies_sites(self, sites_cart, flags=None, custom_nonbonded_function=None,
+                       compute_gradients=False, gradients=None, disable_asu_cache=False,
+                       normalization=False, external_energy_function=None,
+                       extension_objects=[], site_labels=None):
+        whole = self.region_atoms is None
+        # the library pass gives a real energies object (statistics, counts);
+        # in whole-model mode its energy is reported but not used
+        result = self.standard.energies_sites(
+            sites_cart=sites_cart, flags=flags,
+            custom_nonbonded_function=custom_nonbonded_function,
+            compute_gradients=compute_gradients and not whole,
+            gradients=None if whole else gradients,
+            disable_asu_cache=disable_asu_cache, normalization=False,
+            external_energy_function=external_energy_function,
+            extension_objects=extension_objects, site_labels=site_labels)
+        result.library_residual_sum = result.residual_sum
+        if whole:
+            result.residual_sum = 0.0
+            if compute_gradients:
+                result.compute_gradients = True
+                if gradients is None:
+                    gradients = flex.vec3_double(sites_cart.size(), (0, 0, 0))
+                result.gradients = gradients
+        else:
+            inner = self.inner_library.energies_sites(
+                sites_cart=sites_cart.select(self._region_iselection),
+                flags=flags, custom_nonbonded_function=custom_nonbonded_function,
+                compute_gradients=compute_gradients, normalization=False)
+            result.residual_sum -= inner.residual_sum
+            if compute_gradients:
+                g_inner = np.zeros((sites_cart.size(), 3))
+                g_inner[self.region_atoms] = np.array(inner.gradients)
+                result.gradients += flex.vec3_double(-g_inner)
+        energy, gradient = self.qm_energy_and_gradient(sites_cart)
+        if self.energy_reference is None:
+            self.energy_reference = energy
+        result.qm_energy = energy
+        result.qm_target = self.scale * (energy - self.energy_reference)
+        result.residual_sum += result.qm_target
+        if compute_gradients:
+            result.gradients += flex.vec3_double(self.scale * gradient)
+        result.normalization = normalization
+        result.finalize_target_and_gradients()
+        return result
+
+    def show_summary(self, log=sys.stdout, prefix="  "):
+        if self.region_atoms is None:
+            what = "whole model, %d atoms" % self.n_atoms
+        else:
+            caps = getattr(getattr(self.evaluator, "region", None), "caps", ())
+            what = "selection: %d atoms + %d H caps; library restraints for the other %d" % (
+                len(self.region_atoms), len(caps), self.n_atoms - len(self.region_atoms))
+        print("%sQM restraints: engine %s, %s, scale %g" % (
+            prefix, self.engine_name, what, self.scale), file=log)
+        if self.charge_assignment is not None:
+            self.charge_assignment.show(log, prefix=prefix + "  ")
+
+
+def model_bonds(model, elements=None):
+    """Covalent bonds of a processed model: library bond proxies + distances."""
+    grm = model.get_restraints_manager().geometry
+    sites = np.array(model.get_sites_cart())
+    if elements is None:
+        elements = [chemistry._element(a) for a in model.get_hierarchy().atoms()]
+    library = []
+    simple = grm.pair_proxies(sites_cart=model.get_sites_cart()).bond_proxies.simple
+    for p in simple:
+        library.append(tuple(p.i_seqs))
+    return covalent_bonds(elements, sites, extra_pairs=library)
+
+
+def build_qm_manager(model, params, log=sys.stdout):
+    """QMRestraintsManager for a processed mmtbx model and a `qm_restraints`
+    extract.  The model keeps its library manager; install with `install`."""
+    from qr_phenix.engines import ENGINES
+    standard = model.get_restraints_manager().geometry
+    if isinstance(standard, QMRestraintsManager):
+        standard = standard.standard
+    hierarchy = model.get_hierarchy()
+    n = hierarchy.atoms_size()
+    elements = [chemistry._element(a) for a in hierarchy.atoms()]
+    if any(ag.altloc.strip() for ag in hierarchy.atom_groups()):
+        raise Sorry("The model has alternative conformations; QM restraints need a single"
+                    " conformer. Remove altlocs (keep one) before quantum refinement.")
+    region = None
+    selection = None
+    if params.selection is not None:
+        sel = model.selection(params.selection)
+        if sel.count(True) == 0:
+            raise Sorry("qm_restraints.selection=%r selects no atoms." % params.selection)
+        if sel.count(True) < n:
+            region = build_region(np.array(sel), elements, model_bonds(model, elements), log=log)
+            selection = np.zeros(n, dtype=bool)
+            selection[region.atoms] = True
+    if params.check_hydrogens:
+        chemistry.check_hydrogens(hierarchy, selection)
+    cap_elements = ["H"] * (len(region.caps) if region is not None else 0)
+    charges = chemistry.assign_charge_and_multiplicity(
+        hierarchy, selection, charge=params.charge, multiplicity=params.multiplicity,
+        extra_elements=cap_elements)
+    if params.engine not in ENGINES:
+        raise Sorry("Unknown QM engine %r; choose one of: %s"
+                    % (params.engine, ", ".join(ENGINES)))
+    settings = engine_settings_from_params(params, charges.charge, charges.multiplicity)
+    evaluator = SingleCalculation(make_calculator(settings), elements, region)
+    return QMRestraintsManager(
+        standard=standard, evaluator=evaluator,
+        region_atoms=None if region is None else region.atoms, n_atoms=n,
+        scale=params.scale, engine_name=params.engine, charge_assignment=charges)
+
+
+def install(model, manager):
+    """Make `manager` the model's geometry restraints (what mmtbx drivers use)."""
+    model.get_restraints_manager().geometry = manager
+    return model
+
+
+def setup_restraints(model, params, log=sys.stdout):
+    """Apply a `qm_restraints` extract to a processed model; returns the model's
+    geometry manager (library or QM)."""
+    if params.restraints == "qm":
+        manager = build_qm_manager(model, params, log=log)
+        manager.show_summary(log)
+        install(model, manager)
+    return model.get_restraints_manager().geometry
