@@ -39,13 +39,13 @@ from qr_phenix.engines import make_calculator, phil_choice
 from qr_phenix.engines.base import EngineSettings, energy_and_gradient
 from qr_phenix.qm_region import build_region, covalent_bonds
 
-master_phil_str = """
-restraints = *cctbx qm
+_scope_body = """
+restraints = %(restraints)s
   .type = choice
   .help = "Source of geometry restraints: the monomer library (cctbx) or a \
            quantum-chemical energy (qm, for the whole model or a selection)"
   .short_caption = Restraints
-engine = %s
+engine = %(engines)s
   .type = choice
   .help = "Quantum engine (used when restraints=qm)"
   .short_caption = QM engine
@@ -112,11 +112,20 @@ engine_options
     .type = path
     .help = "Scratch directory for file-based engines"
 }
-""" % phil_choice()
+"""
 
-#: `include scope qr_phenix.restraints_manager.phil_scope` in other programs
-phil_scope = iotbx.phil.parse("qm_restraints\n  .short_caption = Quantum restraints\n{\n%s\n}"
-                              % master_phil_str)
+
+def qm_restraints_phil_str(default_restraints="cctbx"):
+    """The `qm_restraints` scope; programs choose the default restraint source
+    (cctbx for tools that merely offer QM, qm for qr.refine)."""
+    choice = " ".join(("*" if r == default_restraints else "") + r for r in ("cctbx", "qm"))
+    body = _scope_body % {"restraints": choice, "engines": phil_choice()}
+    return "qm_restraints\n  .short_caption = Quantum restraints\n{\n%s\n}\n" % body
+
+
+#: for other cctbx programs: `include scope qr_phenix.restraints_manager.master_phil_str`
+master_phil_str = qm_restraints_phil_str()
+phil_scope = iotbx.phil.parse(master_phil_str)
 
 
 def engine_settings_from_params(params, charge, multiplicity) -> EngineSettings:
@@ -365,3 +374,36 @@ def setup_restraints(model, params, log=sys.stdout):
         manager.show_summary(log)
         install(model, manager)
     return model.get_restraints_manager().geometry
+
+
+def residues_without_restraints(model):
+    """Labels of residues (2+ atoms) with no library bond: no dictionary."""
+    grm = model.get_restraints_manager().geometry
+    grm = getattr(grm, "standard", grm)
+    bonded = np.zeros(model.get_number_of_atoms(), dtype=bool)
+    for p in grm.pair_proxies(sites_cart=model.get_sites_cart()).bond_proxies.simple:
+        bonded[list(p.i_seqs)] = True
+    result = []
+    for rg in model.get_hierarchy().residue_groups():
+        i_seqs = [a.i_seq for a in rg.atoms()]
+        if len(i_seqs) > 1 and not bonded[i_seqs].any():
+            result.append((rg.parent().id.strip() + " " + rg.atom_groups()[0].resname.strip()
+                           + " " + rg.resseq.strip(), i_seqs))
+    return result
+
+
+def check_unrestrained_residues(model, selection):
+    """Residues without a dictionary must lie inside the QM region."""
+    missing = residues_without_restraints(model)
+    if not missing:
+        return
+    if selection is None:
+        return  # whole model is QM
+    sel = np.array(model.selection(selection))
+    outside = [label for label, i_seqs in missing if not sel[i_seqs].all()]
+    if outside:
+        raise Sorry(
+            "No restraint dictionary for %s, and not (entirely) inside"
+            " qm_restraints.selection. Either add these residues to the QM selection"
+            " (QM needs no dictionary), or supply a CIF dictionary for them."
+            % ", ".join(outside))

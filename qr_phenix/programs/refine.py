@@ -1,0 +1,355 @@
+"""qr.refine: coordinate refinement with quantum-chemical or library restraints."""
+
+import json
+import os
+import sys
+import time
+
+import numpy as np
+from libtbx.program_template import ProgramTemplate
+from libtbx.utils import Sorry, null_out
+from scitbx.array_family import flex
+
+import qr_phenix
+from qr_phenix import restraints_manager as qm_rm
+from qr_phenix.refinement import weights as weights_mod
+from qr_phenix.refinement.statistics import engine_counters
+from qr_phenix.refinement.checkpoint import Checkpoint, atomic_write, atomic_write_json, fingerprint
+
+master_phil_str = qm_rm.qm_restraints_phil_str(default_restraints="qm") + """
+refinement
+  .short_caption = Refinement
+{
+  mode = *auto xray real_space geometry
+    .type = choice
+    .help = "auto: xray with reflections, real_space with a map, geometry with neither"
+  resolution = None
+    .type = float
+    .help = "Map resolution (A), required for real-space refinement"
+  target = *ml ls
+    .type = choice
+    .help = "X-ray target: maximum likelihood or least squares"
+  scattering_table = *n_gaussian wk1995 it1992 electron neutron
+    .type = choice
+    .help = "X-ray: form factors (n_gaussian as phenix.refine); maps use electron"
+  bulk_solvent = True
+    .type = bool
+    .help = "X-ray: refine bulk-solvent parameters with the scales each macro-cycle"
+  macro_cycles = 5
+    .type = int
+  max_iterations = 25
+    .type = int
+    .help = "L-BFGS iterations per macro-cycle"
+  r_tolerance = 0.0005
+    .type = float
+    .help = "Converged when R-work, R-free (or map CC) change less than this..."
+  shift_tolerance = 0.005
+    .type = float
+    .help = "...and no atom moves more than this (A) in a macro-cycle"
+%s
+}
+output
+  .short_caption = Output
+{
+  prefix = None
+    .type = str
+    .help = "Output name prefix (default: <model>_refined); writes .pdb .cif .log .json"
+  overwrite = False
+    .type = bool
+  resume = False
+    .type = bool
+    .help = "Continue from <prefix>.checkpoint.json after an interruption"
+}
+""" % weights_mod.master_phil_str
+
+
+class Program(ProgramTemplate):
+
+    description = """
+qr.refine: refine atomic coordinates against X-ray data, a cryo-EM map, or
+geometry alone, with restraints from a quantum-chemical energy (default:
+GFN2-xTB on the whole model) or from the monomer library.
+
+Usage:
+  python -m qr_phenix.refine model.pdb data.mtz [key=value ...]
+  python -m qr_phenix.refine model.pdb map.mrc refinement.resolution=4.0
+  python -m qr_phenix.refine model.pdb                       (geometry only)
+  python -m qr_phenix.refine model.pdb data.mtz restraints=cctbx
+  python -m qr_phenix.refine model.pdb data.mtz engine=pm7 selection="resseq 90:95"
+  python -m qr_phenix.refine --show-defaults
+
+Outputs <prefix>.pdb, .cif, .log, .json; a checkpoint after every macro-cycle
+(resume=True continues an interrupted run).
+"""
+
+    datatypes = ["model", "miller_array", "real_map", "phil", "restraint"]
+    master_phil_str = master_phil_str
+
+    # ------------------------------------------------------------------
+    def validate(self):
+        dm = self.data_manager
+        if not dm.has_models():
+            raise Sorry("No model given: qr.refine needs a model file (PDB or mmCIF).")
+        if len(dm.get_model_names()) > 1:
+            raise Sorry("More than one model given (%s); give exactly one."
+                        % ", ".join(dm.get_model_names()))
+        has_data = dm.has_miller_arrays()
+        has_map = dm.has_real_maps()
+        r = self.params.refinement
+        mode = r.mode
+        if mode == "auto":
+            mode = "xray" if has_data else ("real_space" if has_map else "geometry")
+        if has_data and has_map:
+            raise Sorry("Both reflections and a map were given; give one (X-ray or cryo-EM).")
+        if mode == "xray" and not has_data:
+            raise Sorry("refinement.mode=xray needs a reflection file (MTZ or CIF).")
+        if mode == "real_space":
+            if not has_map:
+                raise Sorry("refinement.mode=real_space needs a map file (CCP4/MRC).")
+            if r.resolution is None or r.resolution <= 0:
+                raise Sorry("Real-space refinement needs the map resolution:"
+                            " add refinement.resolution=<d_min in A>.")
+        if r.macro_cycles < 1 or r.max_iterations < 1:
+            raise Sorry("refinement.macro_cycles and refinement.max_iterations must be >= 1.")
+        weights_mod.parse_weight(r.weight)
+        if not r.weight_trials or any(x <= 0 for x in r.weight_trials):
+            raise Sorry("refinement.weight_trials must be positive numbers.")
+        self.mode = mode
+        prefix = self.output_prefix()
+        existing = [prefix + ext for ext in (".pdb", ".cif", ".json")
+                    if os.path.exists(prefix + ext)]
+        if self.params.output.resume:
+            if not Checkpoint(prefix).exists():
+                raise Sorry("output.resume=True but there is no checkpoint %s.checkpoint.json;"
+                            " run without resume (or check output.prefix)." % prefix)
+        elif existing and not self.params.output.overwrite:
+            raise Sorry("Output files exist (%s). Use output.overwrite=True, another"
+                        " output.prefix, or output.resume=True to continue an interrupted"
+                        " run." % ", ".join(existing))
+
+    def output_prefix(self):
+        if self.params.output.prefix:
+            return self.params.output.prefix
+        name = os.path.basename(self.data_manager.get_default_model_name())
+        for ext in (".gz", ".pdb", ".ent", ".cif", ".mmcif"):
+            if name.endswith(ext):
+                name = name[: -len(ext)]
+        return name + "_refined"
+
+    # ------------------------------------------------------------------
+    def run(self):
+        t_start = time.perf_counter()
+        self.prefix = self.output_prefix()
+        self.log_path = self.prefix + ".log"
+        self.results = None
+        from qr_phenix.refinement.logging import Tee
+        tee = Tee(self.logger, self.log_path, append=self.params.output.resume)
+        try:
+            self._run(tee, t_start)
+        finally:
+            tee.close()
+
+    def _run(self, log, t_start):
+        p = self.params
+        quantum = p.qm_restraints.restraints == "qm"
+        print("qr_phenix %s  qr.refine  mode=%s  restraints=%s%s" % (
+            qr_phenix.__version__, self.mode, p.qm_restraints.restraints,
+            (" engine=%s" % p.qm_restraints.engine) if quantum else ""), file=log)
+        model = self._load_model(log, quantum)
+        checkpoint = Checkpoint(self.prefix)
+        state = self._resume_state(checkpoint, model, log)
+        refinement = self._make_refinement(model, log, quantum, checkpoint, state)
+        try:
+            result = refinement.run(fixed_scale=weights_mod.parse_weight(p.refinement.weight))
+        except KeyboardInterrupt:
+            print("\nInterrupted. The last finished macro-cycle is in %s; rerun with"
+                  " output.resume=True to continue." % checkpoint.path, file=log)
+            raise
+        except Sorry as e:
+            if checkpoint.exists():
+                print("\nStopped: %s\nThe last finished macro-cycle is in %s; fix the"
+                      " cause and rerun with output.resume=True." % (e, checkpoint.path),
+                      file=log)
+            raise
+        self._write_outputs(model, result, log, quantum, t_start)
+        checkpoint.remove()
+
+    # ------------------------------------------------------------------
+    def _load_model(self, log, quantum):
+        from qr_phenix.monomer_library import process_model
+        dm = self.data_manager
+        name = dm.get_default_model_name()
+        model_in = dm.get_model(name)
+        p = self.params
+        if not model_in.get_hierarchy().atoms_size():
+            raise Sorry("The model %s contains no atoms." % name)
+        if self.mode == "real_space":
+            model_in = self._map_model(model_in)
+        # residues without a dictionary are accepted when QM covers them
+        model = process_model(model_in, stop_for_unknowns=not quantum, log=null_out())
+        if quantum:
+            qm_rm.check_unrestrained_residues(model, p.qm_restraints.selection)
+        self.mm_name = name
+        if self.mode == "xray":
+            self._check_inside_cell(model)
+        return model
+
+    def _map_model(self, model_in):
+        from iotbx.map_model_manager import map_model_manager
+        dm = self.data_manager
+        mm = dm.get_real_map(dm.get_default_real_map_name())
+        try:
+            self.mmm = map_model_manager(map_manager=mm, model=model_in)
+        except Exception as e:  # cctbx raises AssertionError/Sorry on mismatch
+            raise Sorry("The map and the model do not match (%s). Check that the model"
+                        " was built into this map and that both have the same origin"
+                        " and cell." % (str(e) or type(e).__name__))
+        model = self.mmm.model()
+        sites_frac = model.get_xray_structure().sites_frac()
+        outside = ((sites_frac.as_double() < -0.05) | (sites_frac.as_double() > 1.05)).count(True)
+        if outside > 0.1 * sites_frac.size() * 3:
+            raise Sorry("Most of the model lies outside the map box: map/model mismatch."
+                        " Use the map the model was built into, or box the map around the"
+                        " model (phenix.map_box / iotbx map_model_manager).")
+        return model
+
+    def _check_inside_cell(self, model):
+        frac = np.array(model.get_xray_structure().sites_frac())
+        center = frac.mean(axis=0)
+        if np.any(np.abs(center - 0.5) > 5):
+            raise Sorry("The model lies %.0f unit cells away from the origin cell: the"
+                        " coordinates or the CRYST1 record are wrong. Check the cell of the"
+                        " model against the data." % np.abs(center - 0.5).max())
+
+    def _resume_state(self, checkpoint, model, log):
+        self.fingerprint = fingerprint(
+            model.get_number_of_atoms(),
+            [a.id_str() for a in model.get_hierarchy().atoms()][:50],
+            self.mode, self.params.qm_restraints.restraints, self.params.qm_restraints.engine,
+            self.params.qm_restraints.selection)
+        if not self.params.output.resume:
+            return None
+        state, sites = checkpoint.load()
+        if state.get("fingerprint") != self.fingerprint or len(sites) != \
+                model.get_number_of_atoms():
+            raise Sorry("The checkpoint %s belongs to a different model or settings;"
+                        " run without output.resume." % checkpoint.path)
+        model.set_sites_cart(flex.vec3_double(sites))
+        return state
+
+    def _make_refinement(self, model, log, quantum, checkpoint, state):
+        p = self.params
+        r = p.refinement
+        kwargs = dict(log=log, checkpoint=checkpoint, checkpoint_state=state)
+        if self.mode == "xray":
+            fmodel = self._fmodel(model)
+            d_min = fmodel.f_obs().d_min()
+            self._show_data(fmodel, log)
+        elif self.mode == "real_space":
+            d_min = r.resolution
+            model.setup_scattering_dictionaries(scattering_table="electron")
+        else:
+            d_min = None
+        qm_rm.setup_restraints(model, p.qm_restraints, log=log)
+        limits = weights_mod.limits_for(d_min, r, quantum)
+        if self.mode == "xray":
+            from qr_phenix.refinement.xray import XrayRefinement
+            ref = XrayRefinement(model, fmodel, r, limits, quantum, **kwargs)
+        elif self.mode == "real_space":
+            from qr_phenix.refinement.real_space import RealSpaceRefinement
+            ref = RealSpaceRefinement(model, self.mmm, r.resolution, r, limits, quantum,
+                                      **kwargs)
+        else:
+            from qr_phenix.refinement.real_space import GeometryMinimisation
+            ref = GeometryMinimisation(model, r, limits, quantum, **kwargs)
+        ref.checkpoint_meta = lambda: {"fingerprint": self.fingerprint}
+        self.d_min = d_min
+        return ref
+
+    def _fmodel(self, model):
+        dm = self.data_manager
+        dm.add_model(self.mm_name, model)   # the processed model, with restraints
+        try:
+            fmodel = dm.get_fmodel(scattering_table=self.params.refinement.scattering_table,
+                                   model_filename=self.mm_name)
+        except Sorry:
+            raise
+        except Exception as e:
+            raise Sorry("Could not read the reflection data %s: %s" % (
+                ", ".join(dm.get_miller_array_names()), str(e) or type(e).__name__))
+        if fmodel.r_free_flags() is None or fmodel.r_free_flags().data().count(True) == 0:
+            raise Sorry("The reflection data have no usable free-R flags (no test"
+                        " reflections). Add them (phenix.reflection_file_editor or"
+                        " cctbx: r_free_flags generation) before refinement.")
+        n_free = fmodel.r_free_flags().data().count(True)
+        n = fmodel.r_free_flags().data().size()
+        if n_free == n:
+            raise Sorry("All reflections are flagged as free-R test reflections: the free-R"
+                        " flag convention is probably inverted. Set the flag value with"
+                        " data_manager.fmodel.xray_data.r_free_flags.test_flag_value.")
+        # mmtbx needs the refined model and the fmodel to share one structure
+        if fmodel.xray_structure is not model.get_xray_structure():
+            model.set_xray_structure(fmodel.xray_structure)
+        return fmodel
+
+    def _show_data(self, fmodel, log):
+        f = fmodel.f_obs()
+        flags = fmodel.r_free_flags().data()
+        print("Data: %d reflections, %.2f-%.2f A, %d free (%.1f%%), target %s" % (
+            f.size(), f.d_max_min()[0], f.d_max_min()[1], flags.count(True),
+            100.0 * flags.count(True) / max(1, flags.size()), self.params.refinement.target),
+            file=log)
+
+    # ------------------------------------------------------------------
+    def _write_outputs(self, model, result, log, quantum, t_start):
+        prefix = self.prefix
+        if self.mode == "real_space":
+            pdb_text = self.mmm.model().model_as_pdb()
+            cif_text = self.mmm.model().model_as_mmcif()
+        else:
+            pdb_text = model.model_as_pdb()
+            cif_text = model.model_as_mmcif()
+        atomic_write(prefix + ".pdb", pdb_text)
+        atomic_write(prefix + ".cif", cif_text)
+        calls, seconds = engine_counters(model)
+        wall = time.perf_counter() - t_start
+        s, f = result.start, result.final
+        print("\nFinal (start -> end):", file=log)
+        for key, label, fmt in (("r_work", "R-work", "%.4f"), ("r_free", "R-free", "%.4f"),
+                                ("gap", "R-free - R-work", "%.4f"),
+                                ("map_cc", "map CC (mask)", "%.4f"),
+                                ("bond_rmsd", "bonds rmsd (non-H)", "%.4f"),
+                                ("angle_rmsd", "angles rmsd (non-H)", "%.2f")):
+            a, b = s.as_dict()[key], f.as_dict()[key]
+            if a is None:
+                continue
+            print("  %-20s %s -> %s" % (label, fmt % a, fmt % b), file=log)
+        if quantum:
+            print("  engine %s: %d calls, %.1f s (%.0f%% of %.1f s wall)" % (
+                self.params.qm_restraints.engine, calls, seconds,
+                100 * seconds / max(wall, 1e-9), wall), file=log)
+        print("Wrote %s.pdb, %s.cif, %s.json, %s.log" % ((prefix,) * 4), file=log)
+        self.results = {
+            "program": "qr_phenix.refine",
+            "version": qr_phenix.__version__,
+            "mode": self.mode,
+            "restraints": self.params.qm_restraints.restraints,
+            "engine": {"name": self.params.qm_restraints.engine if quantum else None,
+                       "calls": calls, "seconds": seconds},
+            "d_min": self.d_min,
+            "start": s.as_dict(),
+            "final": f.as_dict(),
+            "cycles": [c.as_dict() for c in result.cycles],
+            "weight": {"scale": result.scale, "trials": [t.as_dict() for t in result.trials],
+                       "limits": vars(result.limits) if result.limits else None},
+            "converged": result.converged,
+            "wall_seconds": wall,
+            "outputs": {"pdb": os.path.abspath(prefix + ".pdb"),
+                        "cif": os.path.abspath(prefix + ".cif"),
+                        "log": os.path.abspath(prefix + ".log")},
+            "parameters": self.master_phil.format(python_object=self.params).as_str(),
+        }
+        atomic_write_json(prefix + ".json", self.results)
+
+    def get_results(self):
+        return self.results

@@ -1,0 +1,1 @@
+"""Refinement drivers (X-ray, real space, geometry) built on mmtbx/cctbx."""

@@ -1,0 +1,209 @@
+"""The macro-cycle loop shared by X-ray, real-space and geometry refinement.
+
+A target (subclass) says how to minimise for a given data-weight scale, how
+to measure a cycle, and what the gradient-norm ratio is.  This class runs
+weight trials, macro-cycles, convergence tests, logging and checkpoints, so
+all modes log, choose weights and resume the same way.
+"""
+
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import List, Optional
+
+import numpy as np
+
+from qr_phenix.refinement import statistics as stats_mod
+from qr_phenix.refinement import weights as weights_mod
+
+
+@dataclass
+class RefinementResult:
+    start: stats_mod.CycleStats
+    cycles: List[stats_mod.CycleStats] = field(default_factory=list)
+    trials: List[weights_mod.Trial] = field(default_factory=list)
+    scale: Optional[float] = None
+    limits: Optional[weights_mod.Limits] = None
+    converged: bool = False
+
+    @property
+    def final(self):
+        return self.cycles[-1] if self.cycles else self.start
+
+
+class MacroCycleRefinement:
+    """Subclasses implement: minimise(scale), measure(cycle) -> CycleStats,
+    and set `uses_data` (False for geometry-only)."""
+
+    uses_data = True
+    score = "r_free"   # trial score: "r_free" or "map_cc"
+
+    def __init__(self, model, params, limits, quantum, log=sys.stdout, checkpoint=None,
+                 checkpoint_state=None):
+        self.model = model
+        self.params = params          # the `refinement` PHIL extract
+        self.limits = limits
+        self.quantum = quantum
+        self.log = log
+        self.checkpoint = checkpoint
+        self.checkpoint_state = checkpoint_state or {}
+        self.geometry = stats_mod.HeavyAtomGeometry(model)
+
+    # -- to implement -------------------------------------------------------
+    def minimise(self, scale):
+        raise NotImplementedError
+
+    def measure(self, cycle) -> stats_mod.CycleStats:
+        raise NotImplementedError
+
+    def sites_changed(self):
+        """Called after the model's sites were set from outside."""
+
+    # -- shared -------------------------------------------------------------
+    def get_sites(self):
+        return self.model.get_sites_cart().deep_copy()
+
+    def set_sites(self, sites):
+        from scitbx.array_family import flex
+        if not isinstance(sites, flex.vec3_double):
+            sites = flex.vec3_double(np.asarray(sites, dtype=float))
+        self.model.set_sites_cart(sites)
+        self.sites_changed()
+
+    def _fill_common(self, s, t0, calls0, seconds0):
+        s.bond_rmsd, s.angle_rmsd = self.geometry(self.model.get_sites_cart())
+        s.restraint_energy = stats_mod.restraint_energy(self.model)
+        calls, seconds = stats_mod.engine_counters(self.model)
+        s.engine_calls = calls - calls0
+        s.engine_seconds = seconds - seconds0
+        s.seconds = time.perf_counter() - t0
+        return s
+
+    def _print(self, s):
+        print(stats_mod.format_line(s), file=self.log)
+        self.log.flush() if hasattr(self.log, "flush") else None
+
+    def _trial_verdicts(self, trials):
+        print("\n  Weight trials (same start, %d iterations each); limits: bonds <= %.3f A,"
+              " angles <= %.2f deg%s" % (
+                  self.params.max_iterations, self.limits.bond_rmsd, self.limits.angle_rmsd,
+                  ", R-free - R-work <= %.3f, R-free range %.3f" % (
+                      self.limits.gap, self.limits.r_free_range) if self.score == "r_free"
+                  else ""), file=self.log)
+        print("    scale   R-work  R-free    gap   bonds  angles   map CC  verdict", file=self.log)
+        for t in trials:
+            f = lambda x, fmt: (fmt % x) if x is not None else "     -"
+            print("  %7.4g  %s  %s  %s  %6.4f  %6.2f  %s  %s" % (
+                t.scale, f(t.r_work, "%6.4f"), f(t.r_free, "%6.4f"), f(t.gap, "%5.3f"),
+                t.bond_rmsd, t.angle_rmsd, f(t.map_cc, "%7.4f"), t.verdict), file=self.log)
+        print("", file=self.log)
+
+    def _run_trials(self, scales, cycle):
+        start = self.get_sites()
+        trials, sites = [], []
+        t0 = time.perf_counter()
+        calls0, seconds0 = stats_mod.engine_counters(self.model)
+        for scale in scales:
+            self.set_sites(start)
+            self.minimise(scale)
+            s = self.measure(cycle)
+            s.bond_rmsd, s.angle_rmsd = self.geometry(self.model.get_sites_cart())
+            trials.append(weights_mod.Trial(scale=scale, r_work=s.r_work, r_free=s.r_free,
+                                            bond_rmsd=s.bond_rmsd, angle_rmsd=s.angle_rmsd,
+                                            map_cc=s.map_cc))
+            sites.append(self.get_sites())
+        best = weights_mod.choose(trials, self.limits, score=self.score)
+        self._trial_verdicts(trials)
+        self.set_sites(sites[trials.index(best)])
+        s = self._fill_common(self.measure(cycle), t0, calls0, seconds0)
+        s.weight = best.scale
+        s.note = "weight from %d trials" % len(trials)
+        return best.scale, trials, s
+
+    def run(self, fixed_scale=None):
+        p = self.params
+        resumed = self.checkpoint_state
+        if resumed:
+            result = RefinementResult(
+                start=stats_mod.CycleStats(**_cycle_fields(resumed["start"])),
+                cycles=[stats_mod.CycleStats(**_cycle_fields(c)) for c in resumed["cycles"]],
+                trials=[weights_mod.Trial(**_trial_fields(t)) for t in resumed.get("trials", [])],
+                scale=resumed["scale"], limits=self.limits)
+            print("Resuming after cycle %d (weight scale %g)" % (
+                len(result.cycles), result.scale), file=self.log)
+            print(stats_mod.HEADER, file=self.log)
+            for s in [result.start] + result.cycles:
+                self._print(s)
+        else:
+            t0 = time.perf_counter()
+            start = self._fill_common(self.measure("start"), t0, 0, 0.0)
+            start.cycle = 0
+            result = RefinementResult(start=start, scale=fixed_scale, limits=self.limits)
+            print(stats_mod.HEADER, file=self.log)
+            self._print(start)
+        n_cycles = p.macro_cycles if self.uses_data or p.macro_cycles else 1
+        for cycle in range(len(result.cycles) + 1, n_cycles + 1):
+            t0 = time.perf_counter()
+            calls0, seconds0 = stats_mod.engine_counters(self.model)
+            previous_sites = np.array(self.get_sites())
+            if result.scale is None:
+                if self.uses_data:
+                    result.scale, result.trials, s = self._run_trials(p.weight_trials, cycle)
+                else:
+                    result.scale = 1.0
+                    self.minimise(1.0)
+                    s = self._fill_common(self.measure(cycle), t0, calls0, seconds0)
+            else:
+                self.minimise(result.scale)
+                s = self._fill_common(self.measure(cycle), t0, calls0, seconds0)
+            s.cycle = cycle
+            s.weight = result.scale if self.uses_data else None
+            s.seconds = time.perf_counter() - t0
+            # the study's safety rule: restraints x2 while heavy-atom bonds are
+            # over the limit (only when the weight is the program's to choose)
+            if (self.uses_data and fixed_scale is None and s.bond_rmsd > self.limits.bond_rmsd
+                    and cycle < n_cycles):
+                result.scale /= 2
+                s.note = (s.note + "; " if s.note else "") + \
+                    "bonds over %.3f: restraints x2 next cycle" % self.limits.bond_rmsd
+            self._print(s)
+            result.cycles.append(s)
+            shift = np.abs(np.array(self.get_sites()) - previous_sites).max() if len(
+                previous_sites) else 0.0
+            if self.checkpoint is not None:
+                self.checkpoint.save(dict(self.checkpoint_meta(), start=result.start.as_dict(),
+                                          cycles=[c.as_dict() for c in result.cycles],
+                                          trials=[t.as_dict() for t in result.trials],
+                                          scale=result.scale), self.get_sites())
+            if self._converged(result, shift):
+                result.converged = True
+                print("Converged: R and coordinate shifts below tolerance (max shift %.4f A)"
+                      % shift, file=self.log)
+                break
+        return result
+
+    def checkpoint_meta(self):
+        return {}
+
+    def _converged(self, result, shift):
+        if len(result.cycles) < 2:
+            return False
+        a, b = result.cycles[-2], result.cycles[-1]
+        if shift > self.params.shift_tolerance:
+            return False
+        for x, y in ((a.r_work, b.r_work), (a.r_free, b.r_free), (a.map_cc, b.map_cc)):
+            if x is not None and y is not None and abs(x - y) > self.params.r_tolerance:
+                return False
+        return True
+
+
+def _cycle_fields(d):
+    d = dict(d)
+    d.pop("gap", None)
+    return d
+
+
+def _trial_fields(d):
+    d = dict(d)
+    d.pop("gap", None)
+    return d

@@ -1,0 +1,90 @@
+"""Numbers reported per cycle: R factors, map CC, and geometry of non-H atoms.
+
+Geometry is always measured against the monomer library (Engh & Huber) on
+non-hydrogen atoms, whatever the restraints of the refinement: X-H lengths in
+the library are X-ray (electron-cloud) distances, so all-atom rmsds of a
+correctly protonated model are dominated by them (0.07 A for the reference
+helix) and would hide what the heavy atoms do.
+"""
+
+from dataclasses import dataclass, asdict, field
+from typing import Optional
+
+from scitbx.array_family import flex
+
+
+def library_manager(model):
+    """The library (cctbx) geometry manager of a model, also under QM."""
+    grm = model.get_restraints_manager().geometry
+    return getattr(grm, "standard", grm)
+
+
+class HeavyAtomGeometry:
+    """Non-H bond/angle rmsd against the library; the selected manager is built
+    once (topology does not change during refinement)."""
+
+    def __init__(self, model):
+        self.heavy = ~model.get_hd_selection()
+        self.manager = library_manager(model).select(self.heavy)
+
+    def __call__(self, sites_cart):
+        es = self.manager.energies_sites(sites_cart=sites_cart.select(self.heavy))
+        bonds = es.bond_deviations()
+        angles = es.angle_deviations()
+        return bonds[2], angles[2]
+
+
+@dataclass
+class CycleStats:
+    cycle: int
+    r_work: Optional[float] = None
+    r_free: Optional[float] = None
+    map_cc: Optional[float] = None
+    bond_rmsd: float = 0.0
+    angle_rmsd: float = 0.0
+    restraint_energy: Optional[float] = None   # kcal/mol (QM: relative to start)
+    weight: Optional[float] = None             # data-term weight scale
+    engine_calls: int = 0
+    engine_seconds: float = 0.0
+    seconds: float = 0.0
+    note: str = ""
+
+    @property
+    def gap(self):
+        if self.r_work is None or self.r_free is None:
+            return None
+        return self.r_free - self.r_work
+
+    def as_dict(self):
+        d = asdict(self)
+        d["gap"] = self.gap
+        return d
+
+
+HEADER = ("cycle  R-work  R-free    gap   bonds  angles   map CC  E_restr(kcal/mol)"
+          "    weight  calls  t_engine  t_total")
+
+
+def format_line(s: CycleStats) -> str:
+    def f(x, fmt, width):
+        return (fmt % x) if x is not None else "-".rjust(width)
+    return "%5s  %s  %s  %s  %6.4f  %6.2f  %s  %17s  %s  %5d  %7.1fs  %6.1fs%s" % (
+        s.cycle if isinstance(s.cycle, str) else "%d" % s.cycle,
+        f(s.r_work, "%6.4f", 6), f(s.r_free, "%6.4f", 6), f(s.gap, "%5.3f", 5),
+        s.bond_rmsd, s.angle_rmsd, f(s.map_cc, "%7.4f", 7),
+        f(s.restraint_energy, "%17.2f", 17), f(s.weight, "%8.4g", 8),
+        s.engine_calls, s.engine_seconds, s.seconds,
+        ("  " + s.note) if s.note else "")
+
+
+def engine_counters(model):
+    """(calls, seconds) of the QM engine behind the model's restraints."""
+    grm = model.get_restraints_manager().geometry
+    return getattr(grm, "n_engine_calls", 0), getattr(grm, "engine_seconds", 0.0)
+
+
+def restraint_energy(model):
+    """Unnormalised restraint target (kcal/mol) at the model's sites."""
+    grm = model.get_restraints_manager().geometry
+    es = grm.energies_sites(sites_cart=model.get_sites_cart(), compute_gradients=False)
+    return es.residual_sum

@@ -1,0 +1,181 @@
+"""Choosing the weight between data and restraints.
+
+    T = w_data * E_data + E_restraints,   w_data = scale * |g_restraints| / |g_data|
+
+The gradient-norm ratio (as mmtbx.refinement.weights does, with data
+gradients of outlying atoms dropped) puts both terms on the same footing;
+`scale` is what is chosen.  With `weight=auto` a few trial scales are refined
+from the same start and one is picked by phenix.refine's criteria
+(mmtbx/refinement/weights_params.py): geometry within resolution-dependent
+limits, then R-free - R-work within limit, then R-free within `r_free_range`
+of the best; among those, the strongest restraints (smallest data scale),
+which is the most conservative choice with few free reflections.
+"""
+
+import math
+from dataclasses import dataclass, asdict
+from typing import List, Optional
+
+import numpy as np
+
+import iotbx.phil
+
+master_phil_str = """
+weight = auto
+  .type = str
+  .help = "Data-term weight scale: auto (choose from trials) or a number \
+           multiplying the gradient-norm ratio |g_restraints|/|g_data|"
+  .short_caption = Weight
+weight_trials = 0.125 0.25 0.5 1 2
+  .type = floats
+  .help = "Scales tried in the first macro-cycle when weight=auto"
+bond_rmsd_max = None
+  .type = float
+  .help = "Non-H bond rmsd (A, vs library) allowed; None = by resolution"
+angle_rmsd_max = None
+  .type = float
+  .help = "Non-H angle rmsd (degrees, vs library) allowed; None = by resolution"
+r_free_r_work_gap_max = None
+  .type = float
+  .help = "R-free - R-work allowed (fraction, e.g. 0.05); None = by resolution"
+r_free_range = None
+  .type = float
+  .help = "Trials whose R-free is within this of the best count as equal"
+gradient_outlier_cutoff = 3
+  .type = float
+  .help = "Atoms with |g_data| above this times the mean are left out of the ratio"
+"""
+
+
+
+def _phenix_table():
+    """phenix.refine's criteria by resolution, read from mmtbx (percent -> fraction)."""
+    from mmtbx.refinement import weights_params
+    table = iotbx.phil.parse(weights_params.tw_customizations_str).extract()
+    return [(c.d_min, c.d_max, c.bonds_rmsd, c.angles_rmsd, c.r_free_minus_r_work / 100,
+             c.r_free_range_width / 100) for c in table.weight_selection_criteria]
+
+
+# QM minima are not library minima: GFN2/PM7 bond lengths differ from Engh &
+# Huber ideals by ~0.01 A rms even for a perfect model, so a QM-restrained
+# model sits above the library-based limit without being over-fitted.
+QM_BOND_ALLOWANCE = 0.010
+QM_ANGLE_ALLOWANCE = 0.5
+
+
+@dataclass
+class Limits:
+    bond_rmsd: float
+    angle_rmsd: float
+    gap: float
+    r_free_range: float
+
+
+def limits_for(d_min, params, quantum):
+    table = _phenix_table()
+    row = table[-1]
+    for r in table:
+        if d_min is not None and r[0] <= d_min < r[1]:
+            row = r
+    bond, angle, gap, width = row[2:]
+    if quantum:
+        bond += QM_BOND_ALLOWANCE
+        angle += QM_ANGLE_ALLOWANCE
+    return Limits(
+        bond_rmsd=params.bond_rmsd_max if params.bond_rmsd_max is not None else bond,
+        angle_rmsd=params.angle_rmsd_max if params.angle_rmsd_max is not None else angle,
+        gap=params.r_free_r_work_gap_max if params.r_free_r_work_gap_max is not None else gap,
+        r_free_range=params.r_free_range if params.r_free_range is not None else width)
+
+
+def gradient_ratio(g_restraints, g_data, outlier_cutoff=3.0):
+    """|g_restraints| / |g_data| over atoms, data outliers removed."""
+    gr = np.linalg.norm(np.asarray(g_restraints).reshape(-1, 3), axis=1)
+    gd = np.linalg.norm(np.asarray(g_data).reshape(-1, 3), axis=1)
+    keep = gd < outlier_cutoff * gd.mean() if gd.size and gd.mean() > 0 else slice(None)
+    num, den = np.linalg.norm(gr), np.linalg.norm(gd[keep])
+    if not np.isfinite(num) or not np.isfinite(den):
+        from libtbx.utils import Sorry
+        raise Sorry("Non-finite gradients while choosing the weight; the model or the"
+                    " restraints are broken (check for clashes and missing atoms).")
+    return num / den if den > 0 else 1.0
+
+
+def parse_weight(value):
+    """'auto' -> None, a number -> float (Sorry otherwise)."""
+    if value is None or str(value).strip().lower() in ("auto", "none"):
+        return None
+    try:
+        w = float(value)
+    except ValueError:
+        from libtbx.utils import Sorry
+        raise Sorry("refinement.weight must be 'auto' or a positive number, not %r" % value)
+    if w <= 0:
+        from libtbx.utils import Sorry
+        raise Sorry("refinement.weight must be positive (got %g)" % w)
+    return w
+
+
+@dataclass
+class Trial:
+    scale: float
+    r_work: Optional[float]
+    r_free: Optional[float]
+    bond_rmsd: float
+    angle_rmsd: float
+    map_cc: Optional[float] = None
+    verdict: str = ""
+
+    @property
+    def gap(self):
+        if self.r_free is None or self.r_work is None:
+            return None
+        return self.r_free - self.r_work
+
+    def as_dict(self):
+        d = asdict(self)
+        d["gap"] = self.gap
+        return d
+
+
+def choose(trials: List[Trial], limits: Limits, score="r_free"):
+    """Pick a trial; every trial gets a verdict explaining the choice.
+
+    score: "r_free" (lower is better) or "map_cc" (higher is better).
+    """
+    pool = [t for t in trials
+            if t.bond_rmsd <= limits.bond_rmsd and t.angle_rmsd <= limits.angle_rmsd]
+    for t in trials:
+        if t not in pool:
+            t.verdict = "geometry over limits (%.3f A / %.2f deg)" % (
+                limits.bond_rmsd, limits.angle_rmsd)
+    if not pool:
+        best = min(trials, key=lambda t: (t.bond_rmsd / limits.bond_rmsd
+                                          + t.angle_rmsd / limits.angle_rmsd))
+        best.verdict = "chosen: no trial met the geometry limits; best geometry"
+        return best
+    if score == "map_cc":
+        top = max(t.map_cc for t in pool)
+        for t in pool:
+            t.verdict = "ok"
+        # among trials with CC within 0.005 of the best, the strongest restraints
+        near = [t for t in pool if t.map_cc >= top - 0.005]
+        best = min(near, key=lambda t: t.scale)
+        best.verdict = "chosen: geometry within limits, map CC within 0.005 of best"
+        return best
+    gap_ok = [t for t in pool if t.gap is not None and t.gap <= limits.gap]
+    for t in pool:
+        if t not in gap_ok:
+            t.verdict = "R-free - R-work over %.3f" % limits.gap
+    if gap_ok:
+        pool = gap_ok
+    best_free = min(t.r_free for t in pool)
+    near = [t for t in pool if t.r_free <= best_free + limits.r_free_range]
+    for t in pool:
+        t.verdict = t.verdict or ("ok" if t in near else
+                                  "R-free more than %.3f above best" % limits.r_free_range)
+    best = min(near, key=lambda t: t.scale)
+    best.verdict = ("chosen: geometry within limits%s, R-free within %.3f of best,"
+                    " strongest restraints" % ("" if gap_ok else " (no trial met the gap"
+                                               " limit)", limits.r_free_range))
+    return best
