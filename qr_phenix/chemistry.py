@@ -159,7 +159,7 @@ def residue_charge(res: _Residue, all_residues) -> Optional[ResidueCharge]:
             if name in ("CYS", "CYM") and q < 0:
                 # disulfide or metal-bound thiolate counts as neutral S-S / S-M
                 sg = present[0]
-                others = [r.atom("SG") for r in all_residues if r is not res]
+                others = [r.atom("SG") for r in all_residues if r.label != res.label]
                 metals = [r.xyz[0] for r in all_residues
                           if r.resname in ION_CHARGES and len(r.names) == 1]
                 if _near(sg, others, 2.5) or _near(sg, metals, 2.8):
@@ -169,7 +169,7 @@ def residue_charge(res: _Residue, all_residues) -> Optional[ResidueCharge]:
                 charge += q
     n = res.atom("N")
     if n is not None:
-        previous_c = [r.atom("C") for r in all_residues if r is not res]
+        previous_c = [r.atom("C") for r in all_residues if r.label != res.label]
         if not _near(n, previous_c, 2.0):  # N-terminus (no peptide bond to it)
             neutral_h = 1 if name == "PRO" else 2
             q = res.hydrogens_on(n) - neutral_h
@@ -201,6 +201,8 @@ def assign_charge_and_multiplicity(hierarchy, selection=None, charge=None,
     multiplicity, is refused with the residues to look at.
     """
     res = residues(hierarchy, selection)
+    # neighbours decide termini and disulfides, so the context is every residue
+    context = res if selection is None else residues(hierarchy)
     sel = None if selection is None else np.asarray(selection, dtype=bool)
     elements = []
     for r in res:
@@ -208,7 +210,7 @@ def assign_charge_and_multiplicity(hierarchy, selection=None, charge=None,
             if sel is None or sel[i]:
                 elements.append(e)
     elements.extend(extra_elements)
-    charges = [residue_charge(r, res) for r in res]
+    charges = [residue_charge(r, context) for r in res]
     result = ChargeAssignment(
         charge=0, multiplicity=1, n_electrons=0,
         charged_residues=[c for c in charges if c is not None and c.charge != 0],
