@@ -35,7 +35,7 @@ refinement
   bulk_solvent = True
     .type = bool
     .help = "X-ray: refine bulk-solvent parameters with the scales each macro-cycle"
-  macro_cycles = 5
+  macro_cycles = 10
     .type = int
   max_iterations = 25
     .type = int
@@ -186,7 +186,9 @@ Outputs <prefix>.pdb, .cif, .log, .json; a checkpoint after every macro-cycle
         if self.mode == "real_space":
             model_in = self._map_model(model_in)
         # residues without a dictionary are accepted when QM covers them
-        model = process_model(model_in, stop_for_unknowns=not quantum, log=null_out())
+        # physical units throughout (no division by the number of restraints)
+        model = process_model(model_in, stop_for_unknowns=not quantum, log=null_out(),
+                              grm_normalization=False)
         if quantum:
             qm_rm.check_unrestrained_residues(model, p.qm_restraints.selection)
         self.mm_name = name
@@ -267,30 +269,32 @@ Outputs <prefix>.pdb, .cif, .log, .json; a checkpoint after every macro-cycle
         return ref
 
     def _fmodel(self, model):
+        """fmodel for the processed model.  The DataManager chooses labels and
+        free-R flags (with its messages when ambiguous); the fmodel is then
+        rebuilt on the model's own xray structure, which mmtbx's minimiser
+        and the restraints share."""
+        import mmtbx.f_model
         dm = self.data_manager
-        dm.add_model(self.mm_name, model)   # the processed model, with restraints
+        table = self.params.refinement.scattering_table
         try:
-            fmodel = dm.get_fmodel(scattering_table=self.params.refinement.scattering_table,
-                                   model_filename=self.mm_name)
+            probe = dm.get_fmodel(scattering_table=table)
         except Sorry:
             raise
         except Exception as e:
             raise Sorry("Could not read the reflection data %s: %s" % (
                 ", ".join(dm.get_miller_array_names()), str(e) or type(e).__name__))
-        if fmodel.r_free_flags() is None or fmodel.r_free_flags().data().count(True) == 0:
+        f_obs, flags = probe.f_obs(), probe.r_free_flags()
+        if flags is None or flags.data().count(True) == 0:
             raise Sorry("The reflection data have no usable free-R flags (no test"
                         " reflections). Add them (phenix.reflection_file_editor or"
                         " cctbx: r_free_flags generation) before refinement.")
-        n_free = fmodel.r_free_flags().data().count(True)
-        n = fmodel.r_free_flags().data().size()
-        if n_free == n:
+        if flags.data().count(True) == flags.size():
             raise Sorry("All reflections are flagged as free-R test reflections: the free-R"
                         " flag convention is probably inverted. Set the flag value with"
                         " data_manager.fmodel.xray_data.r_free_flags.test_flag_value.")
-        # mmtbx needs the refined model and the fmodel to share one structure
-        if fmodel.xray_structure is not model.get_xray_structure():
-            model.set_xray_structure(fmodel.xray_structure)
-        return fmodel
+        model.setup_scattering_dictionaries(scattering_table=table, d_min=f_obs.d_min())
+        return mmtbx.f_model.manager(f_obs=f_obs, r_free_flags=flags,
+                                     xray_structure=model.get_xray_structure())
 
     def _show_data(self, fmodel, log):
         f = fmodel.f_obs()
@@ -303,12 +307,19 @@ Outputs <prefix>.pdb, .cif, .log, .json; a checkpoint after every macro-cycle
     # ------------------------------------------------------------------
     def _write_outputs(self, model, result, log, quantum, t_start):
         prefix = self.prefix
+        out = model
         if self.mode == "real_space":
-            pdb_text = self.mmm.model().model_as_pdb()
-            cif_text = self.mmm.model().model_as_mmcif()
-        else:
-            pdb_text = model.model_as_pdb()
-            cif_text = model.model_as_mmcif()
+            # the map-boxed input model knows the origin shift; write through it
+            out = self.mmm.model()
+            out.set_sites_cart(model.get_sites_cart())
+        # hierarchy writers: model_as_pdb() would compute validation statistics
+        # that need rotamer data cctbx-base does not ship
+        hierarchy = out.get_hierarchy().deep_copy()
+        if out.shift_cart() is not None:
+            out._shift_back(hierarchy)
+        cs = out.unit_cell_crystal_symmetry() or out.crystal_symmetry()
+        pdb_text = hierarchy.as_pdb_string(crystal_symmetry=cs)
+        cif_text = hierarchy.as_mmcif_string(crystal_symmetry=cs)
         atomic_write(prefix + ".pdb", pdb_text)
         atomic_write(prefix + ".cif", cif_text)
         calls, seconds = engine_counters(model)

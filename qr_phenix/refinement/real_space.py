@@ -45,7 +45,7 @@ class RealSpaceRefinement(MacroCycleRefinement):
                                           self.params.gradient_outlier_cutoff)
 
     def minimise(self, scale):
-        weight = scale * self.gradient_ratio()
+        weight = scale * self.reference_ratio()
         sites = self.model.get_sites_cart().deep_copy()
         maptbx.real_space_refinement_simple.lbfgs(
             sites_cart=sites, density_map=self.map_data, gradients_method="tricubic",

@@ -7,9 +7,7 @@ gradients of outlying atoms dropped) puts both terms on the same footing;
 `scale` is what is chosen.  With `weight=auto` a few trial scales are refined
 from the same start and one is picked by phenix.refine's criteria
 (mmtbx/refinement/weights_params.py): geometry within resolution-dependent
-limits, then R-free - R-work within limit, then R-free within `r_free_range`
-of the best; among those, the strongest restraints (smallest data scale),
-which is the most conservative choice with few free reflections.
+limits, then R-free - R-work within limit, then the lowest R-free.
 """
 
 import math
@@ -38,9 +36,6 @@ angle_rmsd_max = None
 r_free_r_work_gap_max = None
   .type = float
   .help = "R-free - R-work allowed (fraction, e.g. 0.05); None = by resolution"
-r_free_range = None
-  .type = float
-  .help = "Trials whose R-free is within this of the best count as equal"
 gradient_outlier_cutoff = 3
   .type = float
   .help = "Atoms with |g_data| above this times the mean are left out of the ratio"
@@ -52,15 +47,15 @@ def _phenix_table():
     """phenix.refine's criteria by resolution, read from mmtbx (percent -> fraction)."""
     from mmtbx.refinement import weights_params
     table = iotbx.phil.parse(weights_params.tw_customizations_str).extract()
-    return [(c.d_min, c.d_max, c.bonds_rmsd, c.angles_rmsd, c.r_free_minus_r_work / 100,
-             c.r_free_range_width / 100) for c in table.weight_selection_criteria]
+    return [(c.d_min, c.d_max, c.bonds_rmsd, c.angles_rmsd, c.r_free_minus_r_work / 100)
+            for c in table.weight_selection_criteria]
 
 
 # QM minima are not library minima: GFN2/PM7 bond lengths differ from Engh &
 # Huber ideals by ~0.01 A rms even for a perfect model, so a QM-restrained
 # model sits above the library-based limit without being over-fitted.
 QM_BOND_ALLOWANCE = 0.010
-QM_ANGLE_ALLOWANCE = 0.5
+QM_ANGLE_ALLOWANCE = 1.0
 
 
 @dataclass
@@ -68,7 +63,6 @@ class Limits:
     bond_rmsd: float
     angle_rmsd: float
     gap: float
-    r_free_range: float
 
 
 def limits_for(d_min, params, quantum):
@@ -77,15 +71,14 @@ def limits_for(d_min, params, quantum):
     for r in table:
         if d_min is not None and r[0] <= d_min < r[1]:
             row = r
-    bond, angle, gap, width = row[2:]
+    bond, angle, gap = row[2:]
     if quantum:
         bond += QM_BOND_ALLOWANCE
         angle += QM_ANGLE_ALLOWANCE
     return Limits(
         bond_rmsd=params.bond_rmsd_max if params.bond_rmsd_max is not None else bond,
         angle_rmsd=params.angle_rmsd_max if params.angle_rmsd_max is not None else angle,
-        gap=params.r_free_r_work_gap_max if params.r_free_r_work_gap_max is not None else gap,
-        r_free_range=params.r_free_range if params.r_free_range is not None else width)
+        gap=params.r_free_r_work_gap_max if params.r_free_r_work_gap_max is not None else gap)
 
 
 def gradient_ratio(g_restraints, g_data, outlier_cutoff=3.0):
@@ -155,13 +148,10 @@ def choose(trials: List[Trial], limits: Limits, score="r_free"):
         best.verdict = "chosen: no trial met the geometry limits; best geometry"
         return best
     if score == "map_cc":
-        top = max(t.map_cc for t in pool)
         for t in pool:
             t.verdict = "ok"
-        # among trials with CC within 0.005 of the best, the strongest restraints
-        near = [t for t in pool if t.map_cc >= top - 0.005]
-        best = min(near, key=lambda t: t.scale)
-        best.verdict = "chosen: geometry within limits, map CC within 0.005 of best"
+        best = max(pool, key=lambda t: t.map_cc)
+        best.verdict = "chosen: highest map CC with geometry within limits"
         return best
     gap_ok = [t for t in pool if t.gap is not None and t.gap <= limits.gap]
     for t in pool:
@@ -169,13 +159,9 @@ def choose(trials: List[Trial], limits: Limits, score="r_free"):
             t.verdict = "R-free - R-work over %.3f" % limits.gap
     if gap_ok:
         pool = gap_ok
-    best_free = min(t.r_free for t in pool)
-    near = [t for t in pool if t.r_free <= best_free + limits.r_free_range]
+    best = min(pool, key=lambda t: t.r_free)
     for t in pool:
-        t.verdict = t.verdict or ("ok" if t in near else
-                                  "R-free more than %.3f above best" % limits.r_free_range)
-    best = min(near, key=lambda t: t.scale)
-    best.verdict = ("chosen: geometry within limits%s, R-free within %.3f of best,"
-                    " strongest restraints" % ("" if gap_ok else " (no trial met the gap"
-                                               " limit)", limits.r_free_range))
+        t.verdict = t.verdict or "ok"
+    best.verdict = "chosen: lowest R-free with geometry within limits%s" % (
+        "" if gap_ok else " (no trial met the gap limit)")
     return best

@@ -3,9 +3,9 @@
 mmtbx.refinement.minimization.lbfgs minimises
     T = wx * wx_scale * E_data + w * E_restraints
 with E_restraints taken from the model's restraints manager, which is where
-qr_phenix installs the QM manager.  We set wx = |g_restraints|/|g_data|
-(recomputed every macro-cycle, as phenix.refine does), wx_scale = the chosen
-scale, w = 1.  Hydrogens are refined like every other atom.
+qr_phenix installs the QM manager.  We set wx = |g_restraints|/|g_data| of the
+start model (see driver.reference_ratio), wx_scale = the chosen scale, w = 1.
+Hydrogens are refined like every other atom.
 """
 
 import scitbx.lbfgs
@@ -22,6 +22,15 @@ from qr_phenix.refinement import weights as weights_mod
 from qr_phenix.refinement.driver import MacroCycleRefinement
 
 TARGET_NAMES = {"ml": "ml", "ls": "ls_wunit_k1"}
+
+
+def termination(max_iterations):
+    """L-BFGS stopping rules.  The default |g| < 1e-5 test fires at once when
+    the total gradient is small in absolute terms (a QM energy near its
+    minimum, ML targets per reflection), stopping refinement without a
+    step; iterations and the drop test decide instead."""
+    return scitbx.lbfgs.termination_parameters(
+        max_iterations=max_iterations, traditional_convergence_test_eps=1e-12)
 
 
 def set_refine_sites(model):
@@ -53,6 +62,7 @@ class XrayRefinement(MacroCycleRefinement):
     def sites_changed(self):
         self.fmodel.update_xray_structure(xray_structure=self.model.get_xray_structure(),
                                           update_f_calc=True)
+        self.update_scales()
 
     def gradient_ratio(self):
         xrs = self.fmodel.xray_structure
@@ -65,14 +75,13 @@ class XrayRefinement(MacroCycleRefinement):
             g_restraints.as_double(), g_data, self.params.gradient_outlier_cutoff)
 
     def minimise(self, scale):
-        ratio = self.gradient_ratio()
-        tw = group_args(xyz_weights_result=mmtbx_weights.weights(wx=ratio, wx_scale=scale, w=1.0))
+        tw = group_args(xyz_weights_result=mmtbx_weights.weights(
+            wx=self.reference_ratio(), wx_scale=scale, w=1.0))
         mmtbx.refinement.minimization.lbfgs(
             fmodels=mmtbx.fmodels(fmodel_xray=self.fmodel),
             restraints_manager=self.model.get_restraints_manager(),
             model=self.model, target_weights=tw, refine_xyz=True,
-            lbfgs_termination_params=scitbx.lbfgs.termination_parameters(
-                max_iterations=self.params.max_iterations),
+            lbfgs_termination_params=termination(self.params.max_iterations),
             collect_monitor=False, log=null_out())
         self.model.set_sites_cart(self.fmodel.xray_structure.sites_cart())
         self.update_scales()
