@@ -12,9 +12,19 @@ from dataclasses import dataclass, field
 from typing import List, Optional
 
 import numpy as np
+import scitbx.lbfgs
 
 from qr_phenix.refinement import statistics as stats_mod
 from qr_phenix.refinement import weights as weights_mod
+
+
+def termination(max_iterations):
+    """L-BFGS stopping rules.  The default |g| < 1e-5 test fires at once when
+    the total gradient is small in absolute terms (a QM energy near its
+    minimum, ML targets per reflection), stopping refinement without a
+    step; iterations and the drop test decide instead."""
+    return scitbx.lbfgs.termination_parameters(
+        max_iterations=max_iterations, traditional_convergence_test_eps=1e-12)
 
 
 @dataclass

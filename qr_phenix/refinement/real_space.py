@@ -10,14 +10,14 @@ heavy-atom geometry against the library and the model-map CC (all-atom rmsd
 with X-ray X-H lengths misleads with hydrogens: NOTES section 3).
 """
 
-import scitbx.lbfgs
 from cctbx import maptbx
+import cctbx.maptbx.real_space_refinement_simple as rs_simple
 from cctbx.geometry_restraints import lbfgs as geometry_lbfgs
 from scitbx.array_family import flex
 
 from qr_phenix.refinement import statistics as stats_mod
 from qr_phenix.refinement import weights as weights_mod
-from qr_phenix.refinement.driver import MacroCycleRefinement
+from qr_phenix.refinement.driver import MacroCycleRefinement, termination
 
 
 class RealSpaceRefinement(MacroCycleRefinement):
@@ -46,15 +46,13 @@ class RealSpaceRefinement(MacroCycleRefinement):
 
     def minimise(self, scale):
         weight = scale * self.reference_ratio()
-        sites = self.model.get_sites_cart().deep_copy()
-        maptbx.real_space_refinement_simple.lbfgs(
-            sites_cart=sites, density_map=self.map_data, gradients_method="tricubic",
+        minimiser = rs_simple.lbfgs(
+            sites_cart=self.model.get_sites_cart().deep_copy(), density_map=self.map_data, gradients_method="tricubic",
             unit_cell=self.unit_cell, geometry_restraints_manager=self._grm(),
             real_space_target_weight=weight,
             real_space_gradients_delta=self.resolution / 4.,
-            lbfgs_termination_params=scitbx.lbfgs.termination_parameters(
-                max_iterations=self.params.max_iterations))
-        self.model.set_sites_cart(sites)
+            lbfgs_termination_params=termination(self.params.max_iterations))
+        self.model.set_sites_cart(minimiser.sites_cart)
 
     def measure(self, cycle):
         return stats_mod.CycleStats(cycle=cycle, map_cc=map_model_cc(
@@ -82,8 +80,7 @@ class GeometryMinimisation(MacroCycleRefinement):
         geometry_lbfgs.lbfgs(
             sites_cart=sites,
             geometry_restraints_manager=self.model.get_restraints_manager().geometry,
-            lbfgs_termination_params=scitbx.lbfgs.termination_parameters(
-                max_iterations=self.params.max_iterations))
+            lbfgs_termination_params=termination(self.params.max_iterations))
         self.model.set_sites_cart(sites)
 
     def measure(self, cycle):

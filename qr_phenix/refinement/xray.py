@@ -8,7 +8,6 @@ start model (see driver.reference_ratio), wx_scale = the chosen scale, w = 1.
 Hydrogens are refined like every other atom.
 """
 
-import scitbx.lbfgs
 from libtbx import group_args
 from libtbx.utils import null_out
 from scitbx.array_family import flex
@@ -19,18 +18,9 @@ from mmtbx.refinement import weights as mmtbx_weights
 
 from qr_phenix.refinement import statistics as stats_mod
 from qr_phenix.refinement import weights as weights_mod
-from qr_phenix.refinement.driver import MacroCycleRefinement
+from qr_phenix.refinement.driver import MacroCycleRefinement, termination
 
 TARGET_NAMES = {"ml": "ml", "ls": "ls_wunit_k1"}
-
-
-def termination(max_iterations):
-    """L-BFGS stopping rules.  The default |g| < 1e-5 test fires at once when
-    the total gradient is small in absolute terms (a QM energy near its
-    minimum, ML targets per reflection), stopping refinement without a
-    step; iterations and the drop test decide instead."""
-    return scitbx.lbfgs.termination_parameters(
-        max_iterations=max_iterations, traditional_convergence_test_eps=1e-12)
 
 
 def set_refine_sites(model):
