@@ -169,8 +169,7 @@ def residue_charge(res: _Residue, all_residues) -> Optional[ResidueCharge]:
                 charge += q
     n = res.atom("N")
     if n is not None:
-        previous_c = [r.atom("C") for r in all_residues if r.label != res.label]
-        if not _near(n, previous_c, 2.0):  # N-terminus (no peptide bond to it)
+        if _is_n_terminal(res, all_residues):  # no peptide bond to its N
             neutral_h = 1 if name == "PRO" else 2
             q = res.hydrogens_on(n) - neutral_h
             if q:
@@ -222,14 +221,14 @@ def assign_charge_and_multiplicity(hierarchy, selection=None, charge=None,
     odd = result.n_electrons % 2 == 1
     if multiplicity is None:
         if odd:
-            raise Sorry(_odd_electron_message(result, res))
+            raise Sorry(_odd_electron_message(result, res, context))
         result.multiplicity = 1
     else:
         result.multiplicity = int(multiplicity)
         result.multiplicity_from_user = True
         if result.multiplicity < 1 or (result.multiplicity % 2 == 1) == odd:
             if odd:
-                raise Sorry(_odd_electron_message(result, res))
+                raise Sorry(_odd_electron_message(result, res, context))
             raise Sorry(
                 "Multiplicity %d is impossible for %d electrons (charge %+d): an even"
                 " electron count needs an odd multiplicity (1 = closed-shell singlet)."
@@ -238,9 +237,10 @@ def assign_charge_and_multiplicity(hierarchy, selection=None, charge=None,
     return result
 
 
-def _odd_electron_message(result, res):
-    suspects = [r.label for r in res if _missing_hydrogen_reason(r)] or \
-        result.assumed_neutral or [c.label for c in result.charged_residues]
+def _odd_electron_message(result, res, context):
+    suspects = [r.label for r in res if _missing_hydrogen_reason(r, context=context)] or \
+        result.assumed_neutral or [c.label for c in result.charged_residues] or \
+        ["none obviously incomplete"]
     return (
         "The QM region has an odd number of electrons (%d at total charge %+d) but"
         " multiplicity %d was %s. This almost always means missing or extra hydrogens"
@@ -253,8 +253,17 @@ def _odd_electron_message(result, res):
            ", ".join(suspects[:20]) + (" ..." if len(suspects) > 20 else "")))
 
 
-def _missing_hydrogen_reason(res: _Residue, expected_ch=None):
-    """Why this residue looks like it lacks hydrogens, or None."""
+def _is_n_terminal(res: _Residue, context):
+    n = res.atom("N")
+    return n is not None and not _near(
+        n, [r.atom("C") for r in context if r.label != res.label], 2.0)
+
+
+def _missing_hydrogen_reason(res: _Residue, expected_ch=None, context=None):
+    """Why this residue looks like it lacks hydrogens, or None.
+
+    Checked: C-H counts against the library (independent of protonation) and
+    the backbone amide H of non-terminal, non-proline amino acids."""
     heavy = [i for i, e in enumerate(res.elements) if e not in ("H", "D")]
     n_h = len(res.elements) - len(heavy)
     if res.resname in WATER:
@@ -264,6 +273,10 @@ def _missing_hydrogen_reason(res: _Residue, expected_ch=None):
     has_carbon = any(res.elements[i] == "C" for i in heavy)
     if has_carbon and n_h == 0:
         return "no hydrogens"
+    if (context is not None and res.resname in AMINO_ACIDS and res.resname != "PRO"
+            and res.atom("N") is not None and not _is_n_terminal(res, context)
+            and res.hydrogens_on(res.atom("N")) == 0):
+        return "no amide H on N"
     if expected_ch is not None:
         for i in heavy:
             name = res.names[i]
@@ -304,10 +317,11 @@ def _expected_carbon_hydrogens(resname):
 def check_hydrogens(hierarchy, selection=None, use_library=True):
     """Raise Sorry naming the residues (in the selection) that lack hydrogens."""
     problems = []
+    context = residues(hierarchy)
     for r in residues(hierarchy, selection):
         expected = _expected_carbon_hydrogens(r.resname) if (
             use_library and r.resname in AMINO_ACIDS) else None
-        why = _missing_hydrogen_reason(r, expected)
+        why = _missing_hydrogen_reason(r, expected, context)
         if why:
             problems.append("%s (%s)" % (r.label, why))
     if problems:
