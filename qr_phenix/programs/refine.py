@@ -278,8 +278,14 @@ Outputs <prefix>.pdb, .cif, .log, .json; a checkpoint after every macro-cycle
         table = self.params.refinement.scattering_table
         try:
             probe = dm.get_fmodel(scattering_table=table)
-        except Sorry:
-            raise
+        except Sorry as e:
+            if "Multiple" not in str(e):
+                raise
+            labels = [l for name in dm.get_miller_array_names()
+                      for l in dm.get_miller_array_all_labels(name)]
+            raise Sorry("%s Arrays in the data: %s. Choose the data (and flags) with"
+                        " miller_array.labels.name=<label> (repeat it for the free-R flags)."
+                        % (str(e).strip(), ", ".join(labels)))
         except Exception as e:
             raise Sorry("Could not read the reflection data %s: %s" % (
                 ", ".join(dm.get_miller_array_names()), str(e) or type(e).__name__))

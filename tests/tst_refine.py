@@ -1,0 +1,248 @@
+"""qr.refine end to end: X-ray and real space on the 1us0 helix, resume, and
+the messages users get for bad input.  Real cctbx, real GFN2-xTB."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import iotbx.mrcfile
+import iotbx.mtz
+import iotbx.pdb
+from libtbx.utils import Sorry, null_out
+from scitbx.array_family import flex
+
+from qr_phenix.command_line import run_checked
+from qr_phenix.programs.refine import Program
+from qr_phenix.benchmark.metrics import Scorer
+from qr_phenix.benchmark.perturb import Perturber
+
+pytest.importorskip("tblite", reason="engine gfn2 needs tblite (pip install tblite)")
+
+START_DOSE, START_SEED = 0.6, 1
+
+
+def refine(*args):
+    return run_checked(Program, [str(a) for a in args], logger=null_out())
+
+
+@pytest.fixture(scope="module")
+def start_pdb(helix_pdb, tmp_path_factory):
+    """The helix perturbed by library-restraints MD at 1000 K to a mean shift
+    of 0.6 A (fixed seed): H-bonds broken, as in the 1us0 study."""
+    text, info = Perturber(helix_pdb).run(START_DOSE, START_SEED)
+    assert info.reached and info.mean_shift >= START_DOSE
+    path = tmp_path_factory.mktemp("start") / "start.pdb"
+    path.write_text(text)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def xray_runs(start_pdb, helix_mtz, tmp_path_factory):
+    out = tmp_path_factory.mktemp("xray")
+    results = {}
+    for restraints in ("cctbx", "qm"):
+        results[restraints] = refine(
+            start_pdb, helix_mtz, "qm_restraints.restraints=%s" % restraints,
+            "refinement.bulk_solvent=False", "output.prefix=%s" % (out / restraints))
+    return results
+
+
+def test_qm_xray_refinement_beats_library_on_hydrogen_bonds(xray_runs, helix_pdb, start_pdb):
+    qm, lib = xray_runs["qm"], xray_runs["cctbx"]
+    assert qm["final"]["r_work"] <= 0.06
+    assert qm["final"]["r_free"] <= 0.09
+    score = Scorer(helix_pdb)
+    start = score(start_pdb)["hbonds"]
+    hb_qm = score(qm["outputs"]["pdb"])["hbonds"]
+    hb_lib = score(lib["outputs"]["pdb"])["hbonds"]
+    assert hb_qm > hb_lib, (start, hb_lib, hb_qm)
+    assert hb_qm > start
+
+
+def test_outputs_json_log_and_cif_are_consistent(xray_runs):
+    qm = xray_runs["qm"]
+    for key in ("pdb", "cif", "log"):
+        assert os.path.getsize(qm["outputs"][key]) > 0
+    with open(qm["outputs"]["pdb"][:-4] + ".json") as f:
+        saved = json.load(f)
+    assert saved["final"] == qm["final"]
+    assert saved["engine"]["name"] == "gfn2"
+    assert saved["engine"]["calls"] == sum(c["engine_calls"] for c in saved["cycles"]) + \
+        saved["start"]["engine_calls"]
+    assert 0 < saved["engine"]["seconds"] < saved["wall_seconds"]
+    log = open(qm["outputs"]["log"]).read()
+    assert "Weight trials" in log and "chosen:" in log
+    # one line per cycle with R-work, R-free, geometry, energy, weight
+    for c in saved["cycles"]:
+        assert ("%.4f  %.4f" % (c["r_work"], c["r_free"])) in log
+    cif = iotbx.pdb.input(qm["outputs"]["cif"]).construct_hierarchy()
+    pdb = iotbx.pdb.input(qm["outputs"]["pdb"]).construct_hierarchy()
+    assert np.allclose(np.array(cif.atoms().extract_xyz()),
+                       np.array(pdb.atoms().extract_xyz()), atol=1e-3)
+    assert not os.path.exists(qm["outputs"]["pdb"][:-4] + ".checkpoint.json")
+
+
+def test_library_refinement_reports_no_engine(xray_runs):
+    lib = xray_runs["cctbx"]
+    assert lib["engine"]["name"] is None and lib["engine"]["calls"] == 0
+    assert lib["final"]["r_free"] < lib["start"]["r_free"]
+
+
+def write_map(pdb_path, map_path, d_min=4.0, shift=(0, 0, 0)):
+    xrs = iotbx.pdb.input(pdb_path).xray_structure_simple()
+    xrs.scattering_type_registry(table="electron")
+    fft = xrs.structure_factors(d_min=d_min).f_calc().fft_map(resolution_factor=0.25)
+    fft.apply_sigma_scaling()
+    iotbx.mrcfile.write_ccp4_map(
+        file_name=str(map_path), unit_cell=xrs.unit_cell(), space_group=xrs.space_group(),
+        map_data=fft.real_map_unpadded().as_double(), labels=flex.std_string(["test"]))
+
+
+def test_qm_real_space_refinement_improves_cc(start_pdb, helix_pdb, tmp_path):
+    map_path = tmp_path / "reference_4A.mrc"
+    write_map(helix_pdb, map_path)
+    r = refine(start_pdb, map_path, "refinement.resolution=4", "refinement.macro_cycles=4",
+               "output.prefix=%s" % (tmp_path / "rs"))
+    assert r["mode"] == "real_space"
+    assert r["final"]["map_cc"] > r["start"]["map_cc"] + 0.02
+    assert r["final"]["bond_rmsd"] < 0.02
+
+
+def test_geometry_only_minimisation(start_pdb, tmp_path):
+    r = refine(start_pdb, "qm_restraints.restraints=cctbx", "refinement.macro_cycles=2",
+               "output.prefix=%s" % (tmp_path / "geo"))
+    assert r["mode"] == "geometry"
+    assert r["final"]["bond_rmsd"] < r["start"]["bond_rmsd"]
+
+
+def test_resume_after_a_crash_continues_from_the_checkpoint(start_pdb, helix_mtz, tmp_path,
+                                                            monkeypatch):
+    from qr_phenix.refinement import xray
+    prefix = tmp_path / "crash"
+    args = (start_pdb, helix_mtz, "qm_restraints.restraints=cctbx", "refinement.weight=0.5",
+            "refinement.macro_cycles=4", "refinement.r_tolerance=0",
+            "refinement.shift_tolerance=0", "output.prefix=%s" % prefix)
+    original = xray.XrayRefinement.minimise
+    calls = {"n": 0}
+
+    def crash_in_cycle_3(self, scale):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise Sorry("engine crashed (simulated)")
+        return original(self, scale)
+
+    monkeypatch.setattr(xray.XrayRefinement, "minimise", crash_in_cycle_3)
+    with pytest.raises(Sorry, match="simulated"):
+        refine(*args)
+    checkpoint = json.load(open(str(prefix) + ".checkpoint.json"))
+    assert len(checkpoint["cycles"]) == 2
+    assert not os.path.exists(str(prefix) + ".pdb")
+    assert "resume=True" in open(str(prefix) + ".log").read()
+    monkeypatch.setattr(xray.XrayRefinement, "minimise", original)
+    r = refine(*args, "output.resume=True")
+    assert [c["cycle"] for c in r["cycles"]] == [1, 2, 3, 4]
+    assert r["cycles"][:2] == checkpoint["cycles"]
+    log = open(str(prefix) + ".log").read()
+    assert "Resuming after cycle 2" in log
+
+
+# --- bad input: one Sorry each, naming the problem and the fix -------------
+
+def test_unreadable_reflection_file(start_pdb, tmp_path):
+    bad = tmp_path / "broken.mtz"
+    bad.write_bytes(b"this is not an MTZ file\n" * 10)
+    with pytest.raises(Sorry, match="Cannot read .*broken.mtz"):
+        refine(start_pdb, bad, "output.prefix=%s" % (tmp_path / "x"))
+
+
+def _write_mtz(arrays, path):
+    ds = arrays[0][0].as_mtz_dataset(column_root_label=arrays[0][1])
+    for a, label in arrays[1:]:
+        ds.add_miller_array(a, column_root_label=label)
+    ds.mtz_object().write(str(path))
+
+
+def _helix_arrays(helix_mtz):
+    mtz = iotbx.mtz.object(helix_mtz)
+    arrays = {a.info().label_string(): a for a in mtz.as_miller_arrays()}
+    f = [a for k, a in arrays.items() if "FMODEL" in k][0]
+    flags = [a for k, a in arrays.items() if "free" in k.lower()][0]
+    return f, flags
+
+
+def test_missing_free_flags(start_pdb, helix_mtz, tmp_path):
+    f, _ = _helix_arrays(helix_mtz)
+    path = tmp_path / "noflags.mtz"
+    _write_mtz([(f, "FOBS")], path)
+    with pytest.raises(Sorry, match="r_free_flags.generate=True"):
+        refine(start_pdb, path, "output.prefix=%s" % (tmp_path / "x"))
+
+
+def test_all_reflections_flagged_free(start_pdb, helix_mtz, tmp_path):
+    f, flags = _helix_arrays(helix_mtz)
+    all_free = flags.customized_copy(data=flex.int(flags.size(), 1))
+    path = tmp_path / "allfree.mtz"
+    _write_mtz([(f, "FOBS"), (all_free, "R-free-flags")], path)
+    with pytest.raises(Sorry, match="(?i)R-free flags"):
+        refine(start_pdb, path, "output.prefix=%s" % (tmp_path / "x"))
+
+
+def test_missing_hydrogens_for_qm(helix_no_ha_pdb, helix_mtz, tmp_path):
+    with pytest.raises(Sorry, match=r"lack some.*qr_phenix.prepare"):
+        refine(helix_no_ha_pdb, helix_mtz, "output.prefix=%s" % (tmp_path / "x"))
+
+
+def test_ambiguous_data_labels_list_the_choices(start_pdb, helix_mtz, tmp_path):
+    f, flags = _helix_arrays(helix_mtz)
+    path = tmp_path / "two.mtz"
+    _write_mtz([(f, "FOBS"), (flags, "R-free-flags"), (f, "FOTHER")], path)
+    with pytest.raises(Sorry, match=r"FOBS, R-free-flags, FOTHER.*miller_array.labels.name"):
+        refine(start_pdb, path, "qm_restraints.restraints=cctbx",
+               "output.prefix=%s" % (tmp_path / "x"))
+    r = refine(start_pdb, path, "qm_restraints.restraints=cctbx", "refinement.macro_cycles=1",
+               "miller_array.labels.name=FOBS", "output.prefix=%s" % (tmp_path / "x"))
+    assert r["final"]["r_free"] < r["start"]["r_free"]
+
+
+def test_model_far_outside_the_cell(start_pdb, helix_mtz, tmp_path):
+    h = iotbx.pdb.input(start_pdb)
+    hierarchy = h.construct_hierarchy()
+    hierarchy.atoms().set_xyz(hierarchy.atoms().extract_xyz() + (500.0, 0, 0))
+    path = tmp_path / "far.pdb"
+    path.write_text(hierarchy.as_pdb_string(crystal_symmetry=h.crystal_symmetry()))
+    with pytest.raises(Sorry, match="unit cells away"):
+        refine(path, helix_mtz, "qm_restraints.restraints=cctbx",
+               "output.prefix=%s" % (tmp_path / "x"))
+
+
+def test_map_model_mismatch(start_pdb, helix_pdb, tmp_path):
+    map_path = tmp_path / "m.mrc"
+    write_map(helix_pdb, map_path)
+    h = iotbx.pdb.input(start_pdb)
+    hierarchy = h.construct_hierarchy()
+    hierarchy.atoms().set_xyz(hierarchy.atoms().extract_xyz() + (60.0, 0, 0))
+    path = tmp_path / "moved.pdb"
+    path.write_text(hierarchy.as_pdb_string(crystal_symmetry=h.crystal_symmetry()))
+    with pytest.raises(Sorry, match="(?i)map"):
+        refine(path, map_path, "refinement.resolution=4", "qm_restraints.restraints=cctbx",
+               "output.prefix=%s" % (tmp_path / "x"))
+
+
+def test_map_without_resolution(start_pdb, helix_pdb, tmp_path):
+    map_path = tmp_path / "m.mrc"
+    write_map(helix_pdb, map_path)
+    with pytest.raises(Sorry, match="refinement.resolution"):
+        refine(start_pdb, map_path, "output.prefix=%s" % (tmp_path / "x"))
+
+
+def test_existing_outputs_are_not_overwritten(start_pdb, tmp_path):
+    prefix = tmp_path / "done"
+    (tmp_path / "done.pdb").write_text("")
+    with pytest.raises(Sorry, match="overwrite=True"):
+        refine(start_pdb, "qm_restraints.restraints=cctbx", "output.prefix=%s" % prefix)
+
+
+def test_unknown_parameter_is_refused(start_pdb, tmp_path):
+    with pytest.raises(Sorry):
+        refine(start_pdb, "refinement.macro_cylces=3", "output.prefix=%s" % (tmp_path / "x"))
