@@ -1,0 +1,221 @@
+"""GFN2-xTB / GFN1-xTB in-process through tblite's Python interface.
+
+Threads and BLAS (measured on this project's 2-core VM, tblite 0.8.0 wheel):
+
+* The wheel links its own reference BLAS/LAPACK.  Loading the system OpenBLAS
+  (Debian `libopenblas0`) with RTLD_GLOBAL *before* tblite is imported makes
+  tblite's dgemm/dsyevd resolve to OpenBLAS: identical energies (to 1e-10 Eh)
+  and 2.7x faster at 94 atoms, 4x at 376.  It only takes effect if it happens
+  before the first `import tblite`; `BLAS_STATUS` says what happened.
+  QR_PHENIX_TBLITE_BLAS=/path/lib.so picks another library, =none disables.
+* NOTES.md recorded wrong energies with >1 OpenMP thread; that did not
+  reproduce here (1, 2, 4, 8 threads and unset all gave -171.6812838884 Eh),
+  but the thread count is still pinned: settings.threads (default 1) is set
+  through omp_set_num_threads/openblas_set_num_threads before every call, and
+  OMP_WAIT_POLICY defaults to PASSIVE so idle threads do not spin against
+  other processes (spinning made 2 threads 4-7x slower on a busy machine).
+"""
+
+import collections
+import ctypes
+import logging
+import os
+
+import numpy as np
+from ase import units as ase_units
+
+from qr_phenix import units
+from qr_phenix.engines._common import (
+    DISTORTED_GEOMETRY_HINT, EngineCalculator, close_contacts, tail)
+from qr_phenix.engines.base import EngineError, EngineUnavailable
+
+log = logging.getLogger(__name__)
+
+METHODS = {"gfn2": "GFN2-xTB", "gfn1": "GFN1-xTB"}
+
+_BLAS_CANDIDATES = (
+    "/lib/x86_64-linux-gnu/libopenblas.so.0",
+    "/usr/lib/x86_64-linux-gnu/libopenblas.so.0",
+    "/usr/lib64/libopenblas.so.0",
+    "libopenblas.so.0",
+)
+
+#: what happened to the BLAS preload ("not tried" until tblite is loaded)
+BLAS_STATUS = "not tried"
+_interface = None
+_openblas = None
+_gomp = None
+
+#: electronic temperature used by the last retry step (0.01 Eh, ~3158 K)
+SMEARING_TEMPERATURE_K = 0.01 * units.EV_PER_HARTREE / ase_units.kB
+
+
+def available():
+    import importlib.util
+    if importlib.util.find_spec("tblite") is None:
+        return False, ("tblite is not installed: pip install tblite "
+                       "(or pip install qr_phenix[tblite])")
+    return True, ""
+
+
+def _preload_blas():
+    global BLAS_STATUS, _openblas
+    choice = os.environ.get("QR_PHENIX_TBLITE_BLAS", "")
+    if choice.lower() == "none":
+        BLAS_STATUS = "disabled by QR_PHENIX_TBLITE_BLAS=none"
+        return
+    import sys
+    if "tblite.interface" in sys.modules or "tblite.library" in sys.modules:
+        BLAS_STATUS = "tblite was imported before qr_phenix: its bundled BLAS is used"
+        return
+    for path in ([choice] if choice else _BLAS_CANDIDATES):
+        try:
+            _openblas = ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)
+        except OSError:
+            continue
+        BLAS_STATUS = "preloaded %s" % path
+        return
+    BLAS_STATUS = "no system OpenBLAS found: tblite's bundled reference BLAS is used"
+
+
+def _load(threads):
+    """Import tblite once, after setting up threads and BLAS."""
+    global _interface, _gomp
+    if _interface is not None:
+        return _interface
+    # Read by libgomp when it is first loaded; per-call pinning is below.
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, int(threads))))
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    _preload_blas()
+    try:
+        from tblite import interface
+    except ImportError as e:
+        raise EngineUnavailable(
+            "tblite could not be imported (%s): pip install tblite" % e) from e
+    try:
+        _gomp = ctypes.CDLL("libgomp.so.1")
+    except OSError:
+        _gomp = None
+    _interface = interface
+    return interface
+
+
+def _pin_threads(threads):
+    threads = max(1, int(threads))
+    if _gomp is not None:
+        _gomp.omp_set_num_threads(threads)
+    if _openblas is not None and hasattr(_openblas, "openblas_set_num_threads"):
+        _openblas.openblas_set_num_threads(threads)
+
+
+class TBLiteCalculator(EngineCalculator):
+    """tblite GFN-xTB as an ASE calculator (eV, eV/A).
+
+    The tblite object is built once per atom list; later calls update the
+    positions in place and restart the SCC from the previous wavefunction.
+    """
+
+    def __init__(self, settings, method="gfn2", **kwargs):
+        super().__init__(settings, **kwargs)
+        if method not in METHODS:
+            raise EngineError("tblite: unknown method %r (use %s)"
+                              % (method, ", ".join(METHODS)))
+        self.method = method
+        self.engine_name = "tblite %s" % METHODS[method]
+        self._tb = None
+        self._result = None
+        self._messages = collections.deque(maxlen=50)
+        _load(settings.threads)
+
+    def _reset_for_new_atoms(self):
+        self._tb = None
+        self._result = None
+
+    def _build(self, numbers, positions_bohr):
+        interface = _load(self.settings.threads)
+        s = self.settings
+        try:
+            tb = interface.Calculator(
+                METHODS[self.method], numbers, positions_bohr,
+                charge=float(s.charge), uhf=int(s.multiplicity) - 1,
+                color=False, logger=self._messages.append)
+            tb.set("verbosity", 0)
+            if s.solvent:
+                model, _, solvent = s.solvent.rpartition(":")
+                model = (model or "alpb").lower()
+                if model not in ("alpb", "gbsa"):
+                    raise EngineError(
+                        "tblite: solvent=%r: use a solvent name like 'water', or"
+                        " 'alpb:water' / 'gbsa:water'" % s.solvent)
+                tb.add("%s-solvation" % model, solvent)
+        except EngineError:
+            raise
+        except Exception as e:
+            raise EngineError("%s could not be set up: %s" % (self.engine_name, e)) from e
+        return tb
+
+    def _attempts(self):
+        s = self.settings
+        base = dict(max_iter=s.max_iterations, temperature=s.electronic_temperature,
+                    damping=0.4)
+        steps = []
+        if self._result is not None:
+            steps.append(("restart from previous wavefunction", True, base))
+        steps.append(("fresh guess", False, base))
+        steps.append(("fresh guess, 1000 iterations, damping 0.2", False,
+                      dict(base, max_iter=max(1000, s.max_iterations), damping=0.2)))
+        steps.append(("electronic temperature %.0f K (Fermi smearing)" % SMEARING_TEMPERATURE_K,
+                      False, dict(base, max_iter=max(1000, s.max_iterations), damping=0.2,
+                                  temperature=max(SMEARING_TEMPERATURE_K,
+                                                  s.electronic_temperature))))
+        return steps
+
+    def _compute(self, numbers, positions):
+        positions_bohr = positions / units.ANGSTROM_PER_BOHR
+        if self._tb is None:
+            self._tb = self._build(numbers, positions_bohr)
+        else:
+            self._tb.update(positions_bohr)
+        _pin_threads(self.settings.threads)
+        errors = []
+        for label, restart, opt in self._attempts():
+            tb = self._tb
+            tb.set("max-iter", int(opt["max_iter"]))
+            tb.set("mixer-damping", float(opt["damping"]))
+            # tblite wants the electronic temperature in Hartree.
+            tb.set("temperature", opt["temperature"] * ase_units.kB / units.EV_PER_HARTREE)
+            try:
+                result = tb.singlepoint(self._result if restart else None)
+                energy = result.get("energy")
+                gradient = result.get("gradient")
+            except Exception as e:
+                self._result = None  # a failed SCC leaves no usable restart
+                errors.append("%s: %s" % (label, e))
+                self.retry_log.append("%s failed: %s" % (label, e))
+                continue
+            if not np.isfinite(energy) or not np.all(np.isfinite(gradient)):
+                self._result = None
+                errors.append("%s: non-finite result" % label)
+                continue
+            self._result = result
+            if errors:
+                self.retry_log.append("converged with %s" % label)
+                log.warning("%s: SCC converged only with %s", self.engine_name, label)
+            energy_ev = energy * units.EV_PER_HARTREE
+            forces = -gradient * (units.EV_PER_HARTREE / units.ANGSTROM_PER_BOHR)
+            return energy_ev, forces
+        raise EngineError(
+            "%s: SCC did not converge after %d attempts (%s).%s%s%s"
+            % (self.engine_name, len(errors), "; ".join(errors),
+               close_contacts(positions), DISTORTED_GEOMETRY_HINT,
+               ("\ntblite output:\n" + tail("\n".join(self._messages)))
+               if self._messages else ""))
+
+
+def factory(method):
+    def make(settings):
+        ok, reason = available()
+        if not ok:
+            raise EngineUnavailable(reason)
+        return TBLiteCalculator(settings, method=method)
+    return make
