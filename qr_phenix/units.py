@@ -19,6 +19,8 @@ ANGSTROM_PER_BOHR = _ase.Bohr
 KCAL_PER_MOL_PER_HARTREE = EV_PER_HARTREE * KCAL_PER_MOL_PER_EV
 #: eV per kcal/mol, for engines (MOPAC) that report kcal/mol
 EV_PER_KCAL_PER_MOL = _ase.kcal / _ase.mol
+#: Hartree per kelvin (k_B), for electronic temperatures
+HARTREE_PER_KELVIN = _ase.kB / _ase.Hartree
 
 
 def ev_to_kcal_per_mol(energy_ev):

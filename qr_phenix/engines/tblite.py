@@ -22,7 +22,6 @@ import logging
 import os
 
 import numpy as np
-from ase import units as ase_units
 
 from qr_phenix import units
 from qr_phenix.engines._common import (
@@ -47,7 +46,7 @@ _openblas = None
 _gomp = None
 
 #: electronic temperature used by the last retry step (0.01 Eh, ~3158 K)
-SMEARING_TEMPERATURE_K = 0.01 * units.EV_PER_HARTREE / ase_units.kB
+SMEARING_TEMPERATURE_K = 0.01 / units.HARTREE_PER_KELVIN
 
 
 def available():
@@ -183,7 +182,7 @@ class TBLiteCalculator(EngineCalculator):
             tb.set("max-iter", int(opt["max_iter"]))
             tb.set("mixer-damping", float(opt["damping"]))
             # tblite wants the electronic temperature in Hartree.
-            tb.set("temperature", opt["temperature"] * ase_units.kB / units.EV_PER_HARTREE)
+            tb.set("temperature", opt["temperature"] * units.HARTREE_PER_KELVIN)
             try:
                 result = tb.singlepoint(self._result if restart else None)
                 energy = result.get("energy")
