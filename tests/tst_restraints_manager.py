@@ -199,3 +199,23 @@ def test_charges_from_protonation_states(helix_pdb, tmp_path):
     res = chemistry.assign_charge_and_multiplicity(h)
     assert res.charge == -1 and res.multiplicity == 1
     assert any("C-terminus" in r.reason for r in res.charged_residues)
+
+
+def test_other_cctbx_programs_include_the_scope(helix):
+    """A cctbx program offers QM restraints by including one PHIL scope."""
+    import iotbx.phil
+    master = iotbx.phil.parse("""
+include scope qr_phenix.restraints_manager.master_phil_str
+my_tool { cycles = 3 \n .type = int }
+""", process_includes=True)
+    user = iotbx.phil.parse('qm_restraints.restraints=qm\nqm_restraints.engine=gfn2\n'
+                            'qm_restraints.selection="resseq 95:99"')
+    params = master.fetch(source=user).extract()
+    assert params.qm_restraints.restraints == "qm"
+    model = process_model(helix, grm_normalization=False)
+    grm = rm.setup_restraints(model, params.qm_restraints)
+    assert isinstance(grm, rm.QMRestraintsManager) and len(grm.region_atoms) < 94
+    # the default leaves the library restraints in place
+    default = master.extract().qm_restraints
+    model2 = process_model(helix, grm_normalization=False)
+    assert not isinstance(rm.setup_restraints(model2, default), rm.QMRestraintsManager)
