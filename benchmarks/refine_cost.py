@@ -16,6 +16,7 @@ from pathlib import Path
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+import qr_phenix  # noqa: F401  (first: see qr_phenix/__init__.py)
 from libtbx.utils import null_out
 
 from qr_phenix.benchmark.perturb import Perturber

@@ -3,9 +3,11 @@
 import os
 from pathlib import Path
 
-# tblite must see its thread settings before it is first imported
+# tblite must see its thread settings before it is first imported, and
+# qr_phenix loads the fast BLAS only when imported before cctbx
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+import qr_phenix  # noqa: E402,F401
 
 import pytest
 

@@ -5,9 +5,10 @@ Threads and BLAS (measured on this project's 2-core VM, tblite 0.8.0 wheel):
 * The wheel links its own reference BLAS/LAPACK.  Loading the system OpenBLAS
   (Debian `libopenblas0`) with RTLD_GLOBAL *before* tblite is imported makes
   tblite's dgemm/dsyevd resolve to OpenBLAS: identical energies (to 1e-10 Eh)
-  and 2.7x faster at 94 atoms, 4x at 376.  It only takes effect if it happens
-  before the first `import tblite`; `BLAS_STATUS` says what happened.
-  QR_PHENIX_TBLITE_BLAS=/path/lib.so picks another library, =none disables.
+  and 2.7x faster at 94 atoms, 4x at 376.  It is loaded at `import qr_phenix`
+  (qr_phenix/__init__.py: loaded late it crashed tblite); `BLAS_STATUS` says
+  what happened.  QR_PHENIX_TBLITE_BLAS=/path/lib.so picks another library,
+  =none disables.
 * NOTES.md recorded wrong energies with >1 OpenMP thread; that did not
   reproduce here (1, 2, 4, 8 threads and unset all gave -171.6812838884 Eh),
   but the thread count is still pinned: settings.threads (default 1) is set
@@ -32,12 +33,6 @@ log = logging.getLogger(__name__)
 
 METHODS = {"gfn2": "GFN2-xTB", "gfn1": "GFN1-xTB"}
 
-_BLAS_CANDIDATES = (
-    "/lib/x86_64-linux-gnu/libopenblas.so.0",
-    "/usr/lib/x86_64-linux-gnu/libopenblas.so.0",
-    "/usr/lib64/libopenblas.so.0",
-    "libopenblas.so.0",
-)
 
 #: what happened to the BLAS preload ("not tried" until tblite is loaded)
 BLAS_STATUS = "not tried"
@@ -58,23 +53,14 @@ def available():
 
 
 def _preload_blas():
+    """The system OpenBLAS is loaded at `import qr_phenix` (see there) or not
+    at all; here we only record what tblite will use."""
     global BLAS_STATUS, _openblas
-    choice = os.environ.get("QR_PHENIX_TBLITE_BLAS", "")
-    if choice.lower() == "none":
-        BLAS_STATUS = "disabled by QR_PHENIX_TBLITE_BLAS=none"
-        return
-    import sys
-    if "tblite.interface" in sys.modules or "tblite.library" in sys.modules:
-        BLAS_STATUS = "tblite was imported before qr_phenix: its bundled BLAS is used"
-        return
-    for path in ([choice] if choice else _BLAS_CANDIDATES):
-        try:
-            _openblas = ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)
-        except OSError:
-            continue
-        BLAS_STATUS = "preloaded %s" % path
-        return
-    BLAS_STATUS = "no system OpenBLAS found: tblite's bundled reference BLAS is used"
+    import qr_phenix
+    _openblas = qr_phenix.OPENBLAS
+    BLAS_STATUS = qr_phenix.OPENBLAS_STATUS
+    if _openblas is None:
+        BLAS_STATUS += ": tblite's bundled reference BLAS is used"
 
 
 def _load(threads):
