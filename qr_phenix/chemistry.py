@@ -18,7 +18,8 @@ import numpy as np
 from ase.data import atomic_numbers
 from libtbx.utils import Sorry
 
-X_H_MAX = 1.3  # A; longest X-H bond of a sane model (S-H is 1.34 only with nuclear distances)
+X_H_MAX = 1.3  # A; longest N-H, O-H, C-H of a sane model
+S_H_MAX = 1.5  # A; S-H is 1.34 A at nuclear distances
 
 #: formal charges of monatomic ions by residue name
 ION_CHARGES = {
@@ -93,6 +94,7 @@ class _Residue:
     elements: List[str]
     xyz: np.ndarray
     i_seqs: List[int]
+    formal_charges: List[int] = field(default_factory=list)  # PDB charge column
 
     def atom(self, name):
         try:
@@ -100,11 +102,11 @@ class _Residue:
         except ValueError:
             return None
 
-    def hydrogens_on(self, heavy_xyz):
+    def hydrogens_on(self, heavy_xyz, cutoff=X_H_MAX):
         h = self.xyz[[e in ("H", "D") for e in self.elements]]
         if heavy_xyz is None or len(h) == 0:
             return 0
-        return int(np.sum(np.linalg.norm(h - heavy_xyz, axis=1) < X_H_MAX))
+        return int(np.sum(np.linalg.norm(h - heavy_xyz, axis=1) < cutoff))
 
 
 def _element(atom):
@@ -112,6 +114,13 @@ def _element(atom):
     if not e:  # old files without the element column: first letter of the name
         e = atom.name.strip().lstrip("0123456789")[:1].upper()
     return e.capitalize()
+
+
+def _formal_charge(atom):
+    try:
+        return atom.charge_as_int()
+    except Exception:  # malformed charge column: treated as no charge given
+        return 0
 
 
 def residues(hierarchy, selection=None):
@@ -131,7 +140,8 @@ def residues(hierarchy, selection=None):
                     resname=ag.resname.strip().upper(),
                     names=[a.name.strip() for a in atoms],
                     elements=[_element(a) for a in atoms],
-                    xyz=sites[i_seqs], i_seqs=i_seqs))
+                    xyz=sites[i_seqs], i_seqs=i_seqs,
+                    formal_charges=[_formal_charge(a) for a in atoms]))
     return result
 
 
@@ -147,6 +157,10 @@ def residue_charge(res: _Residue, all_residues) -> Optional[ResidueCharge]:
     if name in WATER:
         return ResidueCharge(res.label, 0, "water")
     if name not in AMINO_ACIDS:
+        # ligands: the charges written by a preparation tool, if any
+        if any(res.formal_charges):
+            return ResidueCharge(res.label, sum(res.formal_charges),
+                                 "formal charges in the model file")
         return None
     charge, reasons = 0, []
     site = SIDE_CHAIN_SITES.get(name)
@@ -154,7 +168,8 @@ def residue_charge(res: _Residue, all_residues) -> Optional[ResidueCharge]:
         atoms, neutral_h = site
         present = [res.atom(a) for a in atoms]
         if all(x is not None for x in present):
-            n_h = sum(res.hydrogens_on(x) for x in present)
+            cutoff = S_H_MAX if atoms == ("SG",) else X_H_MAX
+            n_h = sum(res.hydrogens_on(x, cutoff) for x in present)
             q = n_h - neutral_h
             if name in ("CYS", "CYM") and q < 0:
                 # disulfide or metal-bound thiolate counts as neutral S-S / S-M

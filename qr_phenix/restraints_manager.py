@@ -320,9 +320,15 @@ def model_bonds(model, elements=None):
     return covalent_bonds(elements, sites, extra_pairs=library)
 
 
-def build_qm_manager(model, params, log=sys.stdout):
+def build_qm_manager(model, params, log=sys.stdout, fragment_params=None,
+                     parallel_params=None):
     """QMRestraintsManager for a processed mmtbx model and a `qm_restraints`
-    extract.  The model keeps its library manager; install with `install`."""
+    extract.  The model keeps its library manager; install with `install`.
+
+    fragment_params/parallel_params: the `fragments` and `parallel` extracts
+    (qr_phenix.fragmentation.master_phil_str); with fragments on, the QM
+    energy of the whole model is assembled from fragments.
+    """
     from qr_phenix.engines import ENGINES
     standard = model.get_restraints_manager().geometry
     if isinstance(standard, QMRestraintsManager):
@@ -345,6 +351,13 @@ def build_qm_manager(model, params, log=sys.stdout):
             selection[region.atoms] = True
     if params.check_hydrogens:
         chemistry.check_hydrogens(hierarchy, selection)
+    if fragment_params is not None:
+        from qr_phenix import fragmentation
+        if fragmentation.fragments_enabled(fragment_params, n, params.selection):
+            evaluator = fragmentation.build_fragment_evaluator(
+                model, params, fragment_params, parallel_params, log=log)
+            return QMRestraintsManager(standard=standard, evaluator=evaluator, n_atoms=n,
+                                       scale=params.scale, engine_name=params.engine)
     cap_elements = ["H"] * (len(region.caps) if region is not None else 0)
     charges = chemistry.assign_charge_and_multiplicity(
         hierarchy, selection, charge=params.charge, multiplicity=params.multiplicity,
@@ -366,11 +379,13 @@ def install(model, manager):
     return model
 
 
-def setup_restraints(model, params, log=sys.stdout):
+def setup_restraints(model, params, log=sys.stdout, fragment_params=None,
+                     parallel_params=None):
     """Apply a `qm_restraints` extract to a processed model; returns the model's
     geometry manager (library or QM)."""
     if params.restraints == "qm":
-        manager = build_qm_manager(model, params, log=log)
+        manager = build_qm_manager(model, params, log=log, fragment_params=fragment_params,
+                                   parallel_params=parallel_params)
         manager.show_summary(log)
         install(model, manager)
     return model.get_restraints_manager().geometry

@@ -1,8 +1,6 @@
 """qr.refine: coordinate refinement with quantum-chemical or library restraints."""
 
-import json
 import os
-import sys
 import time
 
 import numpy as np
@@ -11,12 +9,14 @@ from libtbx.utils import Sorry, null_out
 from scitbx.array_family import flex
 
 import qr_phenix
+from qr_phenix import fragmentation
 from qr_phenix import restraints_manager as qm_rm
 from qr_phenix.refinement import weights as weights_mod
 from qr_phenix.refinement.statistics import engine_counters
 from qr_phenix.refinement.checkpoint import Checkpoint, atomic_write, atomic_write_json, fingerprint
 
-master_phil_str = qm_rm.qm_restraints_phil_str(default_restraints="qm") + """
+master_phil_str = qm_rm.qm_restraints_phil_str(default_restraints="qm") + \
+    fragmentation.master_phil_str + """
 refinement
   .short_caption = Refinement
 {
@@ -252,7 +252,8 @@ Outputs <prefix>.pdb, .cif, .log, .json; a checkpoint after every macro-cycle
             model.setup_scattering_dictionaries(scattering_table="electron")
         else:
             d_min = None
-        qm_rm.setup_restraints(model, p.qm_restraints, log=log)
+        qm_rm.setup_restraints(model, p.qm_restraints, log=log, fragment_params=p.fragments,
+                               parallel_params=p.parallel)
         limits = weights_mod.limits_for(d_min, r, quantum)
         if self.mode == "xray":
             from qr_phenix.refinement.xray import XrayRefinement

@@ -1,0 +1,136 @@
+"""Fragment-based QM restraints for large models.
+
+partition.py  cores (residue clusters), buffers, caps, charges, symmetry images
+evaluator.py  FragmentEvaluator: the restraints manager's evaluator contract
+parallel.py   serial / process pool / Dask execution with retries
+
+The PHIL scopes below go into a program next to `qm_restraints`:
+
+    include scope qr_phenix.fragmentation.master_phil_str
+"""
+
+import sys
+
+import numpy as np
+from libtbx import Auto
+from libtbx.utils import Sorry
+
+master_phil_str = """
+fragments
+  .short_caption = QM fragmentation
+  .help = "Split a large model into overlapping fragments (core + buffer) for \
+           the QM restraints; each atom's gradient comes from its core fragment"
+{
+  enabled = Auto
+    .type = bool
+    .help = "Auto: on for whole-model QM with at least min_atoms_for_auto atoms"
+    .short_caption = Use fragments
+  min_atoms_for_auto = 800
+    .type = int
+    .help = "Auto turns fragments on from this many atoms (whole-model QM)"
+    .short_caption = Auto threshold (atoms)
+  core_size = 60
+    .type = int
+    .help = "Target number of atoms per core (whole residues, spatially compact)"
+    .short_caption = Core size (atoms)
+  buffer_radius = 4.0
+    .type = float
+    .help = "Residues with an atom within this distance (A) of a core atom are \
+             added as buffer; bonds cut at the buffer edge get H caps"
+    .short_caption = Buffer radius (A)
+  rebuild_displacement = 1.0
+    .type = float
+    .help = "Rebuild fragments when an atom has moved more than this (A) since \
+             the last partition"
+    .short_caption = Rebuild after displacement (A)
+  include_symmetry = True
+    .type = bool
+    .help = "Add residues of symmetry copies (crystal contacts) to buffers"
+    .short_caption = Symmetry neighbours in buffers
+  energy = *integrated fragment_sum
+    .type = choice
+    .help = "integrated: trapezoid integral of the assembled gradient, consistent \
+             with it for line searches (default); fragment_sum: core-weighted sum \
+             of fragment energies, an estimate not consistent with the gradient"
+    .short_caption = Fragment energy
+  retries = 2
+    .type = int
+    .help = "Times a failed fragment calculation (or a lost worker) is re-run"
+}
+parallel
+  .short_caption = Parallel execution
+{
+  nproc = 1
+    .type = int
+    .help = "Worker processes (local pool), or Dask workers of a local cluster"
+    .short_caption = Processes
+  scheduler = None
+    .type = str
+    .help = "Dask distributed: tcp://host:port of a running scheduler, or 'local' \
+             for a local cluster of nproc workers; None: process pool (nproc > 1) \
+             or serial"
+    .short_caption = Dask scheduler
+  threads_per_worker = 1
+    .type = int
+    .help = "Engine threads (OpenMP/BLAS) per worker; each worker runs one \
+             fragment at a time"
+    .short_caption = Threads per worker
+}
+"""
+
+
+def fragments_enabled(fragment_params, n_atoms, qm_selection=None):
+    """Resolve enabled=Auto: on for whole-model QM above the size threshold."""
+    enabled = fragment_params.enabled
+    if enabled is None or enabled is Auto:
+        return qm_selection is None and n_atoms >= fragment_params.min_atoms_for_auto
+    return bool(enabled)
+
+
+def library_bond_pairs(model):
+    """(i, j) of the library's bond restraints (links included)."""
+    grm = model.get_restraints_manager().geometry
+    grm = getattr(grm, "standard", grm)
+    simple = grm.pair_proxies(sites_cart=model.get_sites_cart()).bond_proxies.simple
+    pairs = np.array([p.i_seqs for p in simple], dtype=int).reshape(-1, 2)
+    return [tuple(p) for p in pairs]
+
+
+def build_fragment_evaluator(model, qm_params, fragment_params, parallel_params,
+                             log=sys.stdout):
+    """FragmentEvaluator for a processed mmtbx model.
+
+    qm_params: the `qm_restraints` extract (engine and engine_options; charge
+    and multiplicity are per fragment, so a user total charge is refused).
+    Use as QMRestraintsManager(standard, evaluator, region_atoms=None, ...).
+    """
+    from qr_phenix.fragmentation.evaluator import FragmentEvaluator
+    from qr_phenix.fragmentation.parallel import make_executor
+    from qr_phenix.restraints_manager import engine_settings_from_params
+    if getattr(qm_params, "selection", None) is not None:
+        raise Sorry("fragments.enabled=True needs whole-model QM: unset"
+                    " qm_restraints.selection, or set fragments.enabled=False.")
+    if getattr(qm_params, "multiplicity", None) not in (None, 1):
+        raise Sorry("Fragments are closed-shell (multiplicity 1); for an open-shell"
+                    " model use whole-model QM (fragments.enabled=False).")
+    if getattr(qm_params, "charge", None) is not None:
+        print("  fragments: qm_restraints.charge=%s is ignored; each fragment's charge"
+              " comes from its residues" % qm_params.charge, file=log)
+    hierarchy = model.get_hierarchy()
+    if any(ag.altloc.strip() for ag in hierarchy.atom_groups()):
+        raise Sorry("The model has alternative conformations; QM restraints need a single"
+                    " conformer. Remove altlocs (keep one) before quantum refinement.")
+    p = fragment_params
+    if p.core_size < 1 or p.buffer_radius < 0 or p.rebuild_displacement <= 0:
+        raise Sorry("fragments: core_size must be >= 1, buffer_radius >= 0 and"
+                    " rebuild_displacement > 0.")
+    settings = engine_settings_from_params(qm_params, 0, 1)
+    executor = make_executor(parallel_params, retries=p.retries, log=log)
+    evaluator = FragmentEvaluator(
+        hierarchy, settings, crystal_symmetry=model.crystal_symmetry(),
+        core_size=p.core_size, buffer_radius=p.buffer_radius,
+        rebuild_displacement=p.rebuild_displacement,
+        include_symmetry=p.include_symmetry, energy_mode=p.energy,
+        executor=executor, library_bonds=library_bond_pairs(model), log=log)
+    evaluator.update_partition(np.array(model.get_sites_cart()))
+    return evaluator

@@ -1,0 +1,439 @@
+"""Split a model into QM fragments: a core of residues plus a buffer around it.
+
+Every atom is *core* in exactly one fragment, and its gradient is taken from
+that fragment.  A fragment is its core residues plus every residue (whole)
+with an atom within `buffer_radius` of a core atom; bonds cut at the buffer
+edge are capped with hydrogen by `qr_phenix.qm_region.build_region`.
+
+Cores are made by recursive coordinate bisection of residue centres
+(weighted by atom count) until each part holds at most `core_size` atoms:
+compact, deterministic, O(N log N).  Neighbour searches use scipy's k-d tree,
+so setting up a 5000-atom model takes about a second and grows linearly.
+
+Crystal symmetry: for a non-P1 cell (or any cell with periodic neighbours),
+residues of symmetry copies within the buffer distance of the model are added
+as *images*.  An image atom's position is a fixed affine function of its
+source atom's position (x' = R x + t, Cartesian), so it moves with the model
+and needs no gradient of its own: images are only ever buffer atoms, and only
+core gradients are used.
+
+Indices: 0..n-1 are the model's atoms, n..n+m-1 the images ("extended"
+indexing; `Partition.extended_sites(sites)` gives their coordinates).
+"""
+
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import List, Optional
+
+import numpy as np
+from ase.data import atomic_numbers, covalent_radii
+from libtbx.utils import Sorry
+from scipy.spatial import cKDTree
+
+from qr_phenix import chemistry
+from qr_phenix.qm_region import BOND_TOLERANCE, Cap, QMRegion, build_region
+
+#: elements never bonded covalently for capping purposes: cutting a
+#: metal-ligand contact needs no cap (and an H on a metal would be wrong)
+METALS = {
+    "Li", "Na", "K", "Rb", "Cs", "Be", "Mg", "Ca", "Sr", "Ba", "Al", "Ga", "In",
+    "Sc", "Ti", "V", "Cr", "Mn", "Fe", "Co", "Ni", "Cu", "Zn", "Y", "Zr", "Mo",
+    "Ru", "Rh", "Pd", "Ag", "Cd", "W", "Re", "Os", "Ir", "Pt", "Au", "Hg", "Pb",
+    "La", "Ce", "Gd", "Yb", "Tb", "Eu", "Sm", "U",
+}
+
+
+SH_MAX = 1.45  # A; longest S-H bond counted as a thiol
+
+
+@dataclass
+class Unit:
+    """A residue (or a residue's symmetry image): fragments are made of units."""
+
+    label: str
+    atoms: np.ndarray       # extended indices
+    charge: int
+    source: int = -1        # unit index this is an image of (-1: a model residue)
+
+
+@dataclass
+class Fragment:
+    index: int
+    core: np.ndarray        # model indices whose gradient this fragment gives
+    region: QMRegion        # extended indices; atoms sorted, then H caps
+    units: np.ndarray       # unit indices in the fragment
+    charge: int
+    multiplicity: int = 1
+
+    @property
+    def n_atoms(self):
+        return self.region.n_atoms
+
+    @property
+    def symbols(self):
+        return self.region.symbols
+
+
+@dataclass
+class SymmetryImages:
+    """Image atoms: source model atom and Cartesian operator x' = R x + t."""
+
+    source: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=int))
+    rotation: np.ndarray = field(default_factory=lambda: np.zeros((0, 3, 3)))
+    translation: np.ndarray = field(default_factory=lambda: np.zeros((0, 3)))
+
+    def __len__(self):
+        return len(self.source)
+
+    def sites(self, sites):
+        if len(self.source) == 0:
+            return np.zeros((0, 3))
+        x = sites[self.source]
+        return np.einsum("kij,kj->ki", self.rotation, x) + self.translation
+
+
+@dataclass
+class Partition:
+    fragments: List[Fragment]
+    units: List[Unit]
+    n_atoms: int
+    elements: List[str]          # extended
+    images: SymmetryImages
+    reference_sites: np.ndarray  # model sites the partition was built for
+    seconds: float = 0.0
+
+    def extended_sites(self, sites):
+        sites = np.asarray(sites, dtype=float).reshape(-1, 3)
+        if len(self.images) == 0:
+            return sites
+        return np.vstack([sites, self.images.sites(sites)])
+
+    def max_displacement(self, sites):
+        d = np.asarray(sites, dtype=float).reshape(-1, 3) - self.reference_sites
+        return float(np.sqrt((d * d).sum(axis=1).max())) if len(d) else 0.0
+
+    def show(self, log=sys.stdout, prefix="  "):
+        sizes = np.array([f.n_atoms for f in self.fragments])
+        cores = np.array([len(f.core) for f in self.fragments])
+        charged = sum(1 for f in self.fragments if f.charge)
+        print("%sfragments: %d for %d atoms (+%d symmetry-image atoms); core atoms"
+              " %d-%d (mean %.0f); fragment atoms with caps %d-%d (mean %.0f);"
+              " %d charged; set up in %.2f s"
+              % (prefix, len(self.fragments), self.n_atoms, len(self.images),
+                 cores.min(), cores.max(), cores.mean(), sizes.min(), sizes.max(),
+                 sizes.mean(), charged, self.seconds), file=log)
+
+
+# --- bonds ----------------------------------------------------------------------------
+
+def fast_covalent_bonds(elements, sites, extra_pairs=()):
+    """Same criterion as qm_region.covalent_bonds (covalent radii + tolerance),
+    vectorised with a k-d tree; bonds to metals are left out (see METALS)."""
+    sites = np.asarray(sites, dtype=float)
+    if len(sites) < 2:
+        return np.zeros((0, 2), dtype=int)
+    els = [e.capitalize() for e in elements]
+    radii = np.array([covalent_radii[atomic_numbers.get(e, 0)] for e in els])
+    is_h = np.array([e in ("H", "D") for e in els])
+    metal = np.array([e in METALS for e in els])
+    cutoff = 2 * radii.max() + BOND_TOLERANCE
+    pairs = cKDTree(sites).query_pairs(r=cutoff, output_type="ndarray")
+    if len(pairs):
+        i, j = pairs[:, 0], pairs[:, 1]
+        d = np.linalg.norm(sites[i] - sites[j], axis=1)
+        keep = (d < radii[i] + radii[j] + BOND_TOLERANCE) & ~(is_h[i] & is_h[j]) \
+            & ~metal[i] & ~metal[j]
+        pairs = pairs[keep]
+    extra = np.array([p for p in extra_pairs if not (metal[p[0]] or metal[p[1]])],
+                     dtype=int).reshape(-1, 2)
+    allp = np.vstack([pairs.reshape(-1, 2), extra])
+    allp = np.sort(allp, axis=1)
+    return np.unique(allp, axis=0) if len(allp) else allp
+
+
+# --- residues and charges ---------------------------------------------------------------
+
+def _atom_formal_charge(atom):
+    """Formal charge from the PDB charge column ("1-", "2+"), 0 if blank."""
+    text = atom.charge.strip() if hasattr(atom, "charge") else ""
+    if not text:
+        return 0
+    try:
+        if text[-1] in "+-":
+            return int(text[:-1] or 1) * (1 if text[-1] == "+" else -1)
+        return int(text)
+    except ValueError:
+        return 0
+
+
+def model_units(hierarchy, log=None):
+    """Residue units with their formal charges.
+
+    Polymer residues, waters and ions: qr_phenix.chemistry.residue_charge
+    (protonation read from the hydrogens present).  Ligands it has no rule
+    for: the sum of the PDB charge column of their atoms, which
+    `python -m qr_phenix.prepare` writes; else neutral (reported).
+    """
+    atoms = hierarchy.atoms()
+    atoms.reset_i_seq()  # a select()-ed hierarchy keeps its parent's i_seqs
+    residues = chemistry.residues(hierarchy)
+    # termini/disulfide/metal checks only need polymer residues and ions
+    context = [r for r in residues if r.resname in chemistry.AMINO_ACIDS
+               or (r.resname in chemistry.ION_CHARGES and len(r.names) == 1)]
+    units, assumed = [], []
+    for r in residues:
+        rc = chemistry.residue_charge(r, context)
+        if rc is None:
+            q = sum(_atom_formal_charge(atoms[i]) for i in r.i_seqs)
+            if q == 0 and not any(atoms[i].charge.strip() for i in r.i_seqs):
+                assumed.append(r.label)
+        else:
+            q = rc.charge
+            if r.resname in ("CYS", "CYM") and q < 0 and r.atom("SG") is not None and \
+                    np.any(np.linalg.norm(r.xyz[[e == "H" for e in r.elements]]
+                                          - r.atom("SG"), axis=1) < SH_MAX):
+                # chemistry.X_H_MAX (1.3 A) is shorter than an S-H bond (1.34 A)
+                q += 1
+        units.append(Unit(label=r.label, atoms=np.array(r.i_seqs, dtype=int), charge=int(q)))
+    if assumed and log is not None:
+        print("  fragments: no charge rule or charge column for %s: taken as neutral"
+              % ", ".join(assumed[:10]) + (" ..." if len(assumed) > 10 else ""), file=log)
+    return units
+
+
+# --- crystal symmetry images --------------------------------------------------------------
+
+def symmetry_images(sites, units, crystal_symmetry, cutoff, unit_neighbours=None):
+    """Whole residues of symmetry copies with an atom within `cutoff` of the model.
+
+    unit_neighbours: {unit: set of covalently bonded units}; the bonded
+    neighbours of every selected image residue come along (same operator), so
+    a bond cut at the edge of a buffer is seen and capped.
+    Returns (SymmetryImages, image units with extended indices starting at n).
+    Lattice translations count too (P1 included): a P1 box made around a
+    molecule with a 5 A margin has no copy within the cutoff, a real P1
+    crystal does.
+    """
+    n = len(sites)
+    empty = (SymmetryImages(), [])
+    if crystal_symmetry is None or crystal_symmetry.unit_cell() is None \
+            or crystal_symmetry.space_group_info() is None or n == 0:
+        return empty
+    uc = crystal_symmetry.unit_cell()
+    sg = crystal_symmetry.space_group()
+    orth = np.array(uc.orthogonalization_matrix()).reshape(3, 3)
+    frac = np.array(uc.fractionalization_matrix()).reshape(3, 3)
+    f = sites @ frac.T
+    tree = cKDTree(sites)
+    unit_of = np.full(n, -1, dtype=int)
+    for k, u in enumerate(units):
+        unit_of[u.atoms] = k
+    # fractional margin for the cutoff along each axis (reciprocal lengths)
+    rec = np.array(uc.reciprocal_parameters()[:3])
+    margin = cutoff * rec
+    lo, hi = f.min(axis=0) - margin, f.max(axis=0) + margin
+    src, rot, tra, new_units = [], [], [], []
+    next_index = n
+    for op in sg.all_ops():
+        r = np.array(op.r().as_double()).reshape(3, 3)
+        t = np.array(op.t().as_double())
+        g = f @ r.T + t
+        glo, ghi = g.min(axis=0), g.max(axis=0)
+        # integer shifts that can bring this copy within the margin of the model
+        ranges = [range(int(np.floor(lo[a] - ghi[a])), int(np.ceil(hi[a] - glo[a])) + 1)
+                  for a in range(3)]
+        for s0 in ranges[0]:
+            for s1 in ranges[1]:
+                for s2 in ranges[2]:
+                    shift = np.array([s0, s1, s2], dtype=float)
+                    if op.is_unit_mx() and not shift.any():
+                        continue
+                    x = (g + shift) @ orth.T
+                    d, _ = tree.query(x, distance_upper_bound=cutoff)
+                    near = np.isfinite(d)
+                    # an atom on a special position maps onto itself: not an image
+                    near &= ~(d < 0.3)
+                    if not near.any():
+                        continue
+                    r_cart = orth @ r @ frac
+                    t_cart = orth @ (t + shift)
+                    chosen = set(int(k) for k in np.unique(unit_of[near]) if k >= 0)
+                    if unit_neighbours:
+                        for k in list(chosen):
+                            chosen.update(unit_neighbours.get(k, ()))
+                    for k in sorted(chosen):
+                        ids = units[k].atoms
+                        xs = x[ids]
+                        # skip residues whose image coincides with the model
+                        dd, _ = tree.query(xs)
+                        if np.all(dd < 0.3):
+                            continue
+                        src.append(ids)
+                        rot.append(np.repeat(r_cart[None], len(ids), axis=0))
+                        tra.append(np.repeat(t_cart[None], len(ids), axis=0))
+                        new_units.append(Unit(
+                            label="%s (symmetry %s %+d%+d%+d)" % (
+                                units[k].label, op.as_xyz(), s0, s1, s2),
+                            atoms=np.arange(next_index, next_index + len(ids)),
+                            charge=units[k].charge, source=k))
+                        next_index += len(ids)
+    if not src:
+        return empty
+    images = SymmetryImages(source=np.concatenate(src), rotation=np.concatenate(rot),
+                            translation=np.concatenate(tra))
+    return images, new_units
+
+
+# --- cores -------------------------------------------------------------------------------
+
+def bisect_cores(centres, weights, core_size):
+    """Recursive coordinate bisection: lists of unit indices, each with total
+    weight <= core_size (a single heavier unit stays alone)."""
+    result = []
+    stack = [np.arange(len(centres))]
+    while stack:
+        idx = stack.pop()
+        if weights[idx].sum() <= core_size or len(idx) == 1:
+            result.append(idx)
+            continue
+        c = centres[idx]
+        axis = int(np.argmax(c.max(axis=0) - c.min(axis=0)))
+        order = idx[np.argsort(c[:, axis], kind="stable")]
+        cum = np.cumsum(weights[order])
+        # split at the weighted median, into parts that are multiples of the
+        # target where possible (fewer, fuller cores)
+        total = cum[-1]
+        n_parts = int(np.ceil(total / core_size))
+        target = core_size * (n_parts // 2) if n_parts > 1 else total / 2
+        cut = int(np.searchsorted(cum, target, side="right"))
+        cut = min(max(cut, 1), len(order) - 1)
+        stack.append(order[cut:])
+        stack.append(order[:cut])
+    return result
+
+
+# --- the partition -------------------------------------------------------------------------
+
+def build_partition(hierarchy, sites, crystal_symmetry=None, core_size=60,
+                    buffer_radius=4.0, include_symmetry=True, library_bonds=(),
+                    units=None, log=None):
+    """Partition for the model at `sites` (n, 3): cores, buffers, caps, charges."""
+    t0 = time.perf_counter()
+    sites = np.asarray(sites, dtype=float).reshape(-1, 3)
+    n = len(sites)
+    elements = [chemistry._element(a) for a in hierarchy.atoms()]
+    if units is None:
+        units = model_units(hierarchy, log=log)
+    units = list(units)
+    covered = np.zeros(n, dtype=int)
+    for u in units:
+        covered[u.atoms] += 1
+    if (covered != 1).any():
+        raise Sorry("Fragmentation needs every atom in exactly one residue (one"
+                    " conformer): remove alternative conformations first.")
+    images, image_units = (SymmetryImages(), [])
+    if include_symmetry and buffer_radius > 0:
+        unit_of_real = np.empty(n, dtype=int)
+        for k, u in enumerate(units):
+            unit_of_real[u.atoms] = k
+        real_bonds = fast_covalent_bonds(elements, sites, extra_pairs=library_bonds)
+        unit_neighbours = {}
+        for a, b in unit_of_real[real_bonds] if len(real_bonds) else ():
+            if a != b:
+                unit_neighbours.setdefault(int(a), set()).add(int(b))
+                unit_neighbours.setdefault(int(b), set()).add(int(a))
+        images, image_units = symmetry_images(sites, units, crystal_symmetry,
+                                              buffer_radius + 3.0, unit_neighbours)
+    ext_elements = elements + [elements[i] for i in images.source]
+    all_units = units + image_units
+    ext_sites = sites if len(images) == 0 else np.vstack([sites, images.sites(sites)])
+    n_ext = len(ext_sites)
+    unit_of = np.empty(n_ext, dtype=int)
+    for k, u in enumerate(all_units):
+        unit_of[u.atoms] = k
+    bonds = fast_covalent_bonds(ext_elements, ext_sites, extra_pairs=library_bonds)
+    # waters bond to nothing outside themselves (a short contact is not a bond)
+    water = np.array([all_units[k].label.split()[1] in chemistry.WATER
+                      if len(all_units[k].label.split()) > 1 else False
+                      for k in range(len(all_units))])
+    if len(bonds):
+        ua, ub = unit_of[bonds[:, 0]], unit_of[bonds[:, 1]]
+        bonds = bonds[(ua == ub) | ~(water[ua] | water[ub])]
+    # CSR adjacency (neighbours of i: nbr[ptr[i]:ptr[i+1]]) for the local capping
+    a_all = np.concatenate([bonds[:, 0], bonds[:, 1]])
+    b_all = np.concatenate([bonds[:, 1], bonds[:, 0]])
+    nbr = b_all[np.argsort(a_all, kind="stable")]
+    ptr = np.concatenate([[0], np.cumsum(np.bincount(a_all, minlength=n_ext))])
+
+    def neighbours(atoms):
+        if len(atoms) == 0:
+            return atoms
+        return np.concatenate([nbr[ptr[i]:ptr[i + 1]] for i in atoms])
+
+    # cores from model residues only
+    centres = np.array([sites[u.atoms].mean(axis=0) for u in units])
+    weights = np.array([len(u.atoms) for u in units], dtype=float)
+    core_sets = bisect_cores(centres, weights, core_size)
+    tree = cKDTree(ext_sites)
+    z = np.array([atomic_numbers.get(e, 0) for e in ext_elements])
+    fragments = []
+    for fi, core_units in enumerate(core_sets):
+        core_units = np.sort(core_units)
+        core = np.concatenate([units[k].atoms for k in core_units])
+        if buffer_radius > 0:
+            near = tree.query_ball_point(sites[core], r=buffer_radius)
+            near = np.unique(np.concatenate([np.asarray(x, dtype=int) for x in near]))
+            frag_units = np.union1d(core_units, unit_of[near])
+        else:
+            frag_units = core_units
+        region = None
+        for _ in range(5):
+            atoms = np.concatenate([all_units[k].atoms for k in frag_units])
+            region = _local_region(atoms, ext_elements, neighbours, nbr, ptr)
+            if not region.added_atoms:
+                break
+            # the capping rules pulled in atoms: take their whole residues
+            frag_units = np.union1d(frag_units, unit_of[region.added_atoms])
+        charge = int(sum(all_units[k].charge for k in frag_units))
+        n_el = int(z[region.atoms].sum()) + len(region.caps) - charge
+        if n_el % 2:
+            raise Sorry(
+                "Fragment %d (core %s) has an odd number of electrons (%d at charge %+d):"
+                " a residue in it lacks or has an extra hydrogen, or a ligand charge is"
+                " missing. Prepare the model (python -m qr_phenix.prepare), or give"
+                " ligand charges in the PDB charge column."
+                % (fi + 1, ", ".join(all_units[k].label for k in core_units[:4]), n_el,
+                   charge))
+        fragments.append(Fragment(index=fi, core=np.sort(core), region=region,
+                                  units=frag_units, charge=charge))
+    part = Partition(fragments=fragments, units=all_units, n_atoms=n, elements=ext_elements,
+                     images=images, reference_sites=sites.copy(),
+                     seconds=time.perf_counter() - t0)
+    if log is not None:
+        part.show(log)
+    return part
+
+
+def _local_region(atoms, elements, neighbours, nbr, ptr):
+    """build_region on the fragment and two shells of bonded neighbours only
+    (linear cost), mapped back to extended indices."""
+    atoms = np.unique(atoms)
+    shell1 = np.setdiff1d(np.unique(neighbours(atoms)), atoms)
+    shell2 = np.setdiff1d(np.unique(neighbours(shell1)), np.union1d(atoms, shell1))
+    local = np.concatenate([atoms, shell1, shell2])
+    index = {int(g): k for k, g in enumerate(local)}
+    local_bonds = []
+    for g in local[:len(atoms) + len(shell1)]:
+        for h in nbr[ptr[g]:ptr[g + 1]]:
+            k = index.get(int(h))
+            if k is not None and index[int(g)] < k:
+                local_bonds.append((index[int(g)], k))
+    sel = np.zeros(len(local), dtype=bool)
+    sel[:len(atoms)] = True
+    r = build_region(sel, [elements[i] for i in local], local_bonds)
+    return QMRegion(
+        atoms=local[r.atoms], elements=r.elements,
+        caps=[Cap(inner=int(local[c.inner]), outer=int(local[c.outer]),
+                  distance=c.distance) for c in r.caps],
+        added_atoms=[int(local[k]) for k in r.added_atoms])

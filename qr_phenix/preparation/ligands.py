@@ -1,0 +1,180 @@
+"""Ligand hydrogens from the PDB Chemical Component Dictionary (CCD).
+
+Bond orders and reference formal charges come from the CCD copy that biotite
+ships (biotite.structure.info, offline); hydrogens are placed by hydride
+(fragment-based geometry, then relaxed by rotating terminal groups).  The
+CCD holds each component in one protonation state (usually the neutral
+acid), so the state at the requested pH is set by a few textbook rules on
+the CCD bond graph (pKa in brackets):
+
+* carboxylic acid R-C(=O)-OH -> carboxylate, pH > 4.5 (4-5)
+* phosphate / phosphonate P-OH -> P-O(-): the first on each P always
+  (pKa 1-2), a second when pH > 6.5 (6-7)
+* sulfate / sulfonate S-OH -> S-O(-) (pKa < 2)
+* aliphatic amine (sp3 N on sp3 C/H only) -> ammonium, pH < 9.5 (9-11)
+
+Everything else keeps the CCD state.  The choices are reported, and the
+charged atoms get the PDB charge column ("1-"), which qr_phenix reads as the
+ligand's formal charge.  Hydrogen names are the CCD names of the hydrogens
+on the same heavy atom; an added hydrogen without a CCD name (ammonium) gets
+H<heavy atom><n>.
+"""
+
+from dataclasses import dataclass, field
+from typing import List, Tuple
+
+import numpy as np
+from libtbx.utils import Sorry
+
+
+@dataclass
+class LigandResult:
+    label: str
+    hydrogens: List[Tuple[str, Tuple[float, float, float]]]  # (name, xyz)
+    charges: dict                      # heavy atom name -> formal charge
+    choices: List[str] = field(default_factory=list)
+
+    @property
+    def charge(self):
+        return int(sum(self.charges.values()))
+
+
+def _import():
+    try:
+        import biotite.structure as struc
+        import biotite.structure.info as info
+        import hydride
+    except ImportError as e:
+        raise Sorry("Ligand hydrogens need hydride and biotite: pip install hydride"
+                    " biotite (%s)" % e)
+    return struc, info, hydride
+
+
+def _bond_graph(arr):
+    """{i: [(j, bond order)]} from a biotite BondList (aromatic counted as 1.5)."""
+    struc = __import__("biotite.structure", fromlist=["BondType"])
+    order = {struc.BondType.SINGLE: 1, struc.BondType.DOUBLE: 2, struc.BondType.TRIPLE: 3,
+             struc.BondType.AROMATIC_SINGLE: 1, struc.BondType.AROMATIC_DOUBLE: 2,
+             struc.BondType.AROMATIC: 1.5, struc.BondType.ANY: 1}
+    graph = {i: [] for i in range(arr.array_length())}
+    for i, j, t in arr.bonds.as_array():
+        o = order.get(struc.BondType(t), 1)
+        graph[int(i)].append((int(j), o))
+        graph[int(j)].append((int(i), o))
+    return graph
+
+
+def ph_charges(ref, ph):
+    """Formal charges (by heavy-atom name) of CCD component `ref` at pH, and
+    the choices made."""
+    el = [e.upper() for e in ref.element]
+    names = list(ref.atom_name)
+    charges = {n: int(c) for n, c in zip(names, ref.charge) if el[names.index(n)] != "H"}
+    graph = _bond_graph(ref)
+    choices = []
+
+    def heavy(i):
+        return [(j, o) for j, o in graph[i] if el[j] != "H"]
+
+    def n_h(i):
+        return sum(1 for j, _ in graph[i] if el[j] == "H")
+
+    acid_o_on_p = {}
+    for i, e in enumerate(el):
+        if e == "O" and n_h(i) <= 1 and len(heavy(i)) == 1 and charges[names[i]] == 0:
+            x, o = heavy(i)[0]
+            if o != 1:
+                continue
+            double_o = any(el[k] == "O" and oo == 2 for k, oo in graph[x])
+            if el[x] == "C" and double_o and ph > 4.5:
+                charges[names[i]] = -1
+                choices.append("%s: carboxylate (%s deprotonated)" % (names[x], names[i]))
+            elif el[x] == "P":
+                acid_o_on_p.setdefault(x, []).append(i)
+            elif el[x] == "S" and double_o and ph > 2.0:
+                charges[names[i]] = -1
+                choices.append("%s: sulfonate/sulfate (%s deprotonated)" % (names[x], names[i]))
+    for p, oxygens in acid_o_on_p.items():
+        # a P that already carries a negative O has used its first pKa
+        first_done = any(el[k] == "O" and charges.get(names[k], 0) < 0 for k, _ in graph[p])
+        for k, i in enumerate(oxygens):
+            nth = k + (1 if first_done else 0)
+            if (nth == 0 and ph > 2.0) or (nth >= 1 and ph > 6.5):
+                charges[names[i]] = -1
+                choices.append("%s: phosphate %s deprotonated" % (names[p], names[i]))
+    for i, e in enumerate(el):
+        if e != "N" or charges[names[i]] != 0 or ph >= 9.5:
+            continue
+        nbrs = graph[i]
+        if any(o != 1 for _, o in nbrs) or len(nbrs) != 3:
+            continue
+        # every heavy neighbour an sp3 carbon (no amide, aniline, amidine, N-N, N-O)
+        ok = all(el[j] == "C" and all(o == 1 for _, o in graph[j]) and len(graph[j]) == 4
+                 for j, _ in heavy(i)) and heavy(i)
+        if ok:
+            charges[names[i]] = 1
+            choices.append("%s: aliphatic amine protonated" % names[i])
+    return charges, choices
+
+
+def protonate_ligand(resname, names, elements, xyz, label, ph=7.0):
+    """Hydrogens for one ligand residue (heavy atoms given) at pH."""
+    struc, info, hydride = _import()
+    try:
+        ref = info.residue(resname)
+    except KeyError:
+        raise Sorry("Ligand %s (%s) is not in the Chemical Component Dictionary shipped"
+                    " with biotite: add its hydrogens yourself (e.g. from a CIF"
+                    " restraint file) and rerun with ligands=keep." % (resname, label))
+    ref_names = list(ref.atom_name)
+    missing = [n for n in names if n not in ref_names]
+    if missing:
+        raise Sorry("Ligand %s: atoms %s are not in the CCD component %s; check the"
+                    " atom names." % (label, ", ".join(missing), resname))
+    charges, choices = ph_charges(ref, ph)
+    n = len(names)
+    arr = struc.AtomArray(n)
+    arr.coord = np.asarray(xyz, dtype=float)
+    arr.atom_name = list(names)
+    arr.element = [e.upper() for e in elements]
+    arr.res_name[:] = resname
+    arr.res_id[:] = 1
+    arr.hetero[:] = True
+    arr.bonds = struc.connect_via_residue_names(arr)
+    arr.set_annotation("charge", np.array([charges.get(x, 0) for x in names], dtype=int))
+    with_h, _ = hydride.add_hydrogen(arr)
+    if with_h.array_length() > n:
+        try:
+            import warnings
+            with warnings.catch_warnings():
+                # no electronegativity for P etc.: those atoms just get no charge
+                warnings.simplefilter("ignore", UserWarning)
+                with_h.coord = hydride.relax_hydrogen(with_h)
+        except Exception:
+            pass  # relaxation only improves rotamers; the placement stands
+    # CCD names of the hydrogens on each heavy atom, in CCD order
+    ref_graph = _bond_graph(ref)
+    ccd_h = {ref_names[i]: [ref_names[j] for j, _ in ref_graph[i]
+                            if ref.element[j].upper() == "H"]
+             for i in range(len(ref_names)) if ref.element[i].upper() != "H"}
+    graph = _bond_graph(with_h)
+    hydrogens, used = [], set()
+    for i in range(n):
+        heavy_name = names[i]
+        available = list(ccd_h.get(heavy_name, []))
+        k = 0
+        for j, _ in graph[i]:
+            if with_h.element[j].upper() != "H":
+                continue
+            if available:
+                name = available.pop(0)
+            else:
+                k += 1
+                name = ("H%s%d" % (heavy_name, k))[:4]
+            while name in used:
+                k += 1
+                name = ("H%s%d" % (heavy_name[:2], k))[:4]
+            used.add(name)
+            hydrogens.append((name, tuple(float(v) for v in with_h.coord[j])))
+    charged = {nm: q for nm, q in charges.items() if q and nm in names}
+    return LigandResult(label=label, hydrogens=hydrogens, charges=charged, choices=choices)

@@ -1,0 +1,323 @@
+"""Make a model atom-complete for QM: one conformer, all heavy atoms, all H.
+
+Steps (each reported):
+1. keep one conformer (the first altloc; its atoms get occupancy 1) and drop
+   existing hydrogens, so every H comes from one consistent protonation;
+2. polymer residues and waters -> PDBFixer/OpenMM (qr_phenix.preparation.polymer);
+3. other residues -> CCD + hydride (qr_phenix.preparation.ligands); monatomic
+   ions are kept as they are;
+4. merge in the original residue order, keep B-factors of existing atoms (new
+   atoms get their residue's mean B), write the total charge per residue
+   class and the protonation choices.
+"""
+
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import List
+
+import iotbx.pdb
+import numpy as np
+from libtbx.utils import Sorry
+
+from qr_phenix import chemistry
+
+
+@dataclass
+class PreparationReport:
+    n_atoms_in: int = 0
+    n_atoms_out: int = 0
+    n_hydrogens: int = 0
+    removed_altloc_atoms: int = 0
+    removed_hydrogens: int = 0
+    removed_waters: List[str] = field(default_factory=list)
+    normalized_hydrogens: int = 0
+    added_heavy_atoms: dict = field(default_factory=dict)
+    added_terminals: dict = field(default_factory=dict)
+    missing_residues: List[str] = field(default_factory=list)
+    total_charge: int = 0
+    n_electrons: int = 0
+    charged_residues: List[str] = field(default_factory=list)
+    histidines: List[str] = field(default_factory=list)
+    ligand_choices: List[str] = field(default_factory=list)
+    kept_as_is: List[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def show(self, log=sys.stdout, prefix="  "):
+        p = prefix
+        print("%satoms: %d in, %d out (%d hydrogens); %.1f s" % (
+            p, self.n_atoms_in, self.n_atoms_out, self.n_hydrogens, self.seconds), file=log)
+        if self.removed_altloc_atoms:
+            print("%skept the first conformer: removed %d alternative-location atoms"
+                  % (p, self.removed_altloc_atoms), file=log)
+        for text in self.removed_waters:
+            print("%sremoved water %s" % (p, text), file=log)
+        if self.removed_hydrogens:
+            print("%sremoved %d existing hydrogens (all H are rebuilt)"
+                  % (p, self.removed_hydrogens), file=log)
+        if self.normalized_hydrogens:
+            print("%sset %d X-H distances to standard values (C-H 1.09, N-H 1.01,"
+                  " O-H 0.96 A)" % (p, self.normalized_hydrogens), file=log)
+        for label, names in sorted(self.added_heavy_atoms.items()):
+            print("%sadded missing atoms to %s: %s" % (p, label, " ".join(names)), file=log)
+        for label, names in sorted(self.added_terminals.items()):
+            print("%sadded terminal atoms to %s: %s" % (p, label, " ".join(names)), file=log)
+        for text in self.missing_residues:
+            print("%smissing residues NOT built: %s" % (p, text), file=log)
+        print("%sprotonation: histidines %s" % (p, ", ".join(self.histidines) or "none"),
+              file=log)
+        for text in self.ligand_choices:
+            print("%sligand %s" % (p, text), file=log)
+        for text in self.kept_as_is:
+            print("%skept as is: %s" % (p, text), file=log)
+        print("%scharged residues: %s" % (p, "; ".join(self.charged_residues) or "none"),
+              file=log)
+        print("%sTOTAL CHARGE %+d (%d electrons, %s)" % (
+            p, self.total_charge, self.n_electrons,
+            "closed shell possible" if self.n_electrons % 2 == 0 else "ODD: check"),
+            file=log)
+
+
+def _label(chain_id, rg):
+    return "%s %s %s" % (chain_id.strip() or "_", rg.atom_groups()[0].resname.strip(),
+                         rg.resseq.strip() + rg.icode.strip())
+
+
+def _remove_clashing_waters(h, report, crystal_symmetry=None, cutoff=2.2):
+    """Waters whose O is closer than `cutoff` to another heavy atom (of the
+    model or a symmetry copy) are leftovers of another conformer: no sane
+    hydrogens exist for them.  Of two clashing waters the first is kept."""
+    from scipy.spatial import cKDTree
+    from qr_phenix.fragmentation.partition import Unit, symmetry_images
+    atoms = h.atoms()
+    atoms.reset_i_seq()
+    xyz = np.array(atoms.extract_xyz())
+    n = len(xyz)
+    is_water = np.array([a.parent().resname.strip().upper() in chemistry.WATER for a in atoms])
+    heavy = np.array([chemistry._element(a) not in ("H", "D") for a in atoms])
+    if not is_water.any():
+        return
+    units = [Unit(label="", atoms=np.array([a.i_seq for a in rg.atoms()]), charge=0)
+             for rg in h.residue_groups()]
+    images, _ = symmetry_images(xyz, units, crystal_symmetry, cutoff + 3.0)
+    all_xyz = np.vstack([xyz, images.sites(xyz)]) if len(images) else xyz
+    source = np.concatenate([np.arange(n), images.source]) if len(images) else np.arange(n)
+    tree = cKDTree(all_xyz)
+    removed = np.zeros(n, dtype=bool)
+    for chain in h.only_model().chains():
+        for rg in chain.residue_groups():
+            if rg.atom_groups()[0].resname.strip().upper() not in chemistry.WATER:
+                continue
+            own = {a.i_seq for a in rg.atoms()}
+            for i in own:
+                if not heavy[i]:
+                    continue
+                for j in tree.query_ball_point(xyz[i], cutoff):
+                    s = source[j]
+                    if (j < n and s in own) or not heavy[s] or removed[s]:
+                        continue
+                    if not is_water[s] or s < i or j >= n and s == i:
+                        d = np.linalg.norm(all_xyz[j] - xyz[i])
+                        report.removed_waters.append(
+                            "%s (%.2f A from %s%s)" % (_label(chain.id, rg), d,
+                                                     atoms[s].id_str().strip(),
+                                                     " of a symmetry copy" if j >= n else ""))
+                        removed[list(own)] = True
+                        break
+                if removed[i]:
+                    break
+            if removed[min(own)]:
+                chain.remove_residue_group(rg)
+    h.atoms_reset_serial()
+
+
+#: X-H distances (A) used to normalise hydrogens after placement
+XH_DISTANCE = {"C": 1.09, "N": 1.01, "O": 0.96, "S": 1.34, "P": 1.42, "Se": 1.47}
+
+
+def normalize_hydrogens(h, tolerance=0.05):
+    """Put every H at the standard distance from its nearest heavy atom in the
+    same residue (force-field minimisation stretches some, e.g. H-bonded
+    waters).  Returns the number moved."""
+    moved = 0
+    for rg in h.residue_groups():
+        atoms = list(rg.atoms())
+        els = [chemistry._element(a) for a in atoms]
+        heavy = [(a, e) for a, e in zip(atoms, els) if e not in ("H", "D")]
+        if not heavy:
+            continue
+        hx = np.array([a.xyz for a, _ in heavy])
+        for a, e in zip(atoms, els):
+            if e not in ("H", "D"):
+                continue
+            v = np.array(a.xyz) - hx
+            d = np.linalg.norm(v, axis=1)
+            k = int(np.argmin(d))
+            ideal = XH_DISTANCE.get(heavy[k][1])
+            if ideal is None or abs(d[k] - ideal) <= tolerance or d[k] > 2.5:
+                continue
+            a.set_xyz(tuple(hx[k] + v[k] * (ideal / d[k])))
+            moved += 1
+    return moved
+
+
+def _key(chain_id, rg):
+    return (chain_id.strip(), rg.resseq.strip(), rg.icode.strip())
+
+
+def prepare_hierarchy(hierarchy, crystal_symmetry=None, ph=7.0, add_missing_atoms=True,
+                      ligands="ccd", log=None):
+    """Return (new hierarchy, PreparationReport).  `ligands`: ccd (add H from the
+    CCD) or keep (leave non-polymer residues exactly as given)."""
+    from qr_phenix.preparation.ligands import protonate_ligand
+    from qr_phenix.preparation.polymer import complete_and_protonate, openmm_residue_names
+    t0 = time.perf_counter()
+    report = PreparationReport(n_atoms_in=hierarchy.atoms_size())
+    h = hierarchy.deep_copy()
+    if len(h.models()) > 1:
+        raise Sorry("The model has %d MODELs; prepare one model at a time." % len(h.models()))
+    n0 = h.atoms_size()
+    altlocs = sorted({ag.altloc for ag in h.atom_groups() if ag.altloc.strip()})
+    if altlocs:
+        # waters that exist only in another conformer belong to that conformer
+        # (they often sit where the kept side chain is): drop them
+        for chain in h.only_model().chains():
+            for rg in chain.residue_groups():
+                ags = rg.atom_groups()
+                if ags[0].resname.strip().upper() in chemistry.WATER and \
+                        all(ag.altloc.strip() and ag.altloc != altlocs[0] for ag in ags):
+                    report.removed_waters.append(_label(chain.id, rg) + " (conformer %s only)"
+                                                 % ags[0].altloc)
+                    chain.remove_residue_group(rg)
+    h.remove_alt_confs(always_keep_one_conformer=True)
+    _remove_clashing_waters(h, report, crystal_symmetry)
+    report.removed_altloc_atoms = n0 - h.atoms_size()
+    for a in h.atoms():
+        if a.occ < 1.0:
+            a.occ = 1.0
+    h.atoms_reset_serial()
+    n1 = h.atoms_size()
+    h.remove_hd()
+    report.removed_hydrogens = n1 - h.atoms_size()
+    original_b = {}
+    for chain in h.only_model().chains():
+        for rg in chain.residue_groups():
+            bs = [a.b for a in rg.atoms()]
+            original_b[_key(chain.id, rg)] = (
+                {a.name.strip(): a.b for a in rg.atoms()}, float(np.mean(bs)) if bs else 20.0)
+    known = openmm_residue_names()
+    polymer_sel = []
+    ligand_groups = []
+    for chain in h.only_model().chains():
+        for rg in chain.residue_groups():
+            ag = rg.atom_groups()[0]
+            name = ag.resname.strip().upper()
+            is_polymer = name in known
+            for a in rg.atoms():
+                polymer_sel.append(is_polymer)
+            if not is_polymer:
+                ligand_groups.append((chain.id, rg))
+    polymer_sel = np.array(polymer_sel, dtype=bool)
+    from scitbx.array_family import flex
+    sources = {}
+    if polymer_sel.any():
+        hp = h.select(flex.bool(polymer_sel.tolist()))
+        text = hp.as_pdb_string(crystal_symmetry=crystal_symmetry)
+        res = complete_and_protonate(text, ph=ph, add_missing_atoms=add_missing_atoms)
+        report.added_heavy_atoms = res.added_heavy_atoms
+        report.added_terminals = res.added_terminals
+        report.missing_residues = res.missing_residues
+        fixed = iotbx.pdb.input(source_info=None, lines=res.pdb_text).construct_hierarchy()
+        for chain in fixed.only_model().chains():
+            for rg in chain.residue_groups():
+                sources[_key(chain.id, rg)] = rg
+    ligand_charges = {}
+    for chain_id, rg in ligand_groups:
+        ag = rg.atom_groups()[0]
+        label = "%s %s %s" % (chain_id.strip() or "_", ag.resname.strip(), rg.resseq.strip())
+        atoms = list(ag.atoms())
+        if len(atoms) == 1 or ligands == "keep":
+            report.kept_as_is.append(label)
+            continue
+        lr = protonate_ligand(ag.resname.strip().upper(), [a.name.strip() for a in atoms],
+                              [chemistry._element(a) for a in atoms],
+                              [a.xyz for a in atoms], label, ph=ph)
+        for name, xyz in lr.hydrogens:
+            atom = iotbx.pdb.hierarchy.atom()
+            atom.set_name(name if len(name) == 4 else " %-3s" % name)
+            atom.hetero = True
+            atom.set_element(" H")
+            atom.set_xyz(xyz)
+            atom.set_occ(1.0)
+            atom.set_b(0.0)
+            ag.append_atom(atom)
+        for a in ag.atoms():
+            q = lr.charges.get(a.name.strip(), 0)
+            a.set_charge(("%d%s" % (abs(q), "+" if q > 0 else "-")) if q else "  ")
+        ligand_charges[label] = lr.charge
+        report.ligand_choices.append("%s: charge %+d%s" % (
+            label, lr.charge, (" (" + "; ".join(lr.choices) + ")") if lr.choices else ""))
+    # merge in the original order
+    root = iotbx.pdb.hierarchy.root()
+    model = iotbx.pdb.hierarchy.model()
+    root.append_model(model)
+    for chain in h.only_model().chains():
+        new_chain = iotbx.pdb.hierarchy.chain(id=chain.id)
+        for rg in chain.residue_groups():
+            src = sources.get(_key(chain.id, rg), rg)
+            new_rg = src.detached_copy()
+            b_by_name, b_mean = original_b.get(_key(chain.id, rg), ({}, 20.0))
+            for a in new_rg.atoms():
+                a.set_b(b_by_name.get(a.name.strip(), b_mean))
+                if a.occ <= 0:
+                    a.set_occ(1.0)
+            if src is not rg:
+                for ag_new, ag_old in zip(new_rg.atom_groups(), rg.atom_groups()):
+                    ag_new.resname = ag_old.resname
+                    hetero = any(x.hetero for x in ag_old.atoms())
+                    for a in ag_new.atoms():
+                        a.hetero = hetero
+            new_chain.append_residue_group(new_rg)
+        model.append_chain(new_chain)
+    root.atoms_reset_serial()
+    report.normalized_hydrogens = normalize_hydrogens(root)
+    # round trip through text: what is reported is what a reader of the file
+    # gets (charge column included)
+    root = iotbx.pdb.input(source_info=None, lines=root.as_pdb_or_mmcif_string(
+        crystal_symmetry=crystal_symmetry)).construct_hierarchy()
+    report.n_atoms_out = root.atoms_size()
+    report.n_hydrogens = sum(1 for a in root.atoms() if a.element.strip().upper() in ("H", "D"))
+    _charge_report(root, report)
+    report.seconds = time.perf_counter() - t0
+    if log is not None:
+        report.show(log)
+    return root, report
+
+
+def _charge_report(root, report):
+    from qr_phenix.fragmentation.partition import model_units
+    units = model_units(root)
+    report.total_charge = int(sum(u.charge for u in units))
+    report.charged_residues = ["%s %+d" % (u.label, u.charge) for u in units if u.charge]
+    elements = [chemistry._element(a) for a in root.atoms()]
+    report.n_electrons = chemistry.n_electrons_neutral(elements) - report.total_charge
+    for r in chemistry.residues(root):
+        if r.resname in ("HIS", "HID", "HIE", "HIP"):
+            nd1 = r.hydrogens_on(r.atom("ND1")) if r.atom("ND1") is not None else 0
+            ne2 = r.hydrogens_on(r.atom("NE2")) if r.atom("NE2") is not None else 0
+            state = {(1, 0): "HID", (0, 1): "HIE", (1, 1): "HIP"}.get((nd1, ne2), "?")
+            report.histidines.append("%s %s" % (r.label, state))
+
+
+def prepare_file(path, ph=7.0, add_missing_atoms=True, ligands="ccd", log=None):
+    """Read a PDB/mmCIF file and prepare it; returns (hierarchy, symmetry, report)."""
+    try:
+        pdb_inp = iotbx.pdb.input(file_name=str(path))
+    except Exception as e:
+        raise Sorry("Cannot read model %s: %s" % (path, e))
+    hierarchy = pdb_inp.construct_hierarchy()
+    cs = pdb_inp.crystal_symmetry()
+    new, report = prepare_hierarchy(hierarchy, crystal_symmetry=cs, ph=ph,
+                                    add_missing_atoms=add_missing_atoms, ligands=ligands,
+                                    log=log)
+    return new, cs, report

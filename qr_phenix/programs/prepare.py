@@ -1,0 +1,91 @@
+"""qr.prepare: make a model atom-complete for quantum refinement."""
+
+import os
+
+from libtbx.program_template import ProgramTemplate
+from libtbx.utils import Sorry
+
+master_phil_str = """
+prepare
+  .short_caption = Model preparation
+{
+  ph = 7.0
+    .type = float
+    .help = "pH for protonation states (protein: standard pKa and H-bond based \
+             histidine tautomers; ligands: CCD plus carboxyl/phosphate/amine rules)"
+    .short_caption = pH
+  add_missing_atoms = True
+    .type = bool
+    .help = "Rebuild missing heavy atoms of standard residues (side chains, OXT)"
+  ligands = *ccd keep
+    .type = choice
+    .help = "ccd: add ligand hydrogens from the Chemical Component Dictionary; \
+             keep: leave non-polymer residues as given"
+}
+output
+{
+  file_name = None
+    .type = str
+    .help = "Output model; default <input>_prepared.pdb (.cif for large models). \
+             (str, not path: the cli parser reads existing path values as input)"
+  overwrite = False
+    .type = bool
+}
+"""
+
+
+class Program(ProgramTemplate):
+
+    description = """
+qr.prepare: make a model ready for QM restraints: keep one conformer, rebuild
+missing side-chain atoms, add every hydrogen (protein and water with PDBFixer
+/OpenMM at the given pH, ligands from the Chemical Component Dictionary with
+hydride), and report the total charge and protonation choices.
+
+Usage:
+  python -m qr_phenix.prepare model.pdb [ph=7.0] [output.file_name=out.pdb]
+"""
+
+    datatypes = ["model", "phil"]
+    master_phil_str = master_phil_str
+
+    def validate(self):
+        dm = self.data_manager
+        if not dm.has_models():
+            raise Sorry("No model given: qr.prepare needs a model file (PDB or mmCIF).")
+        if len(dm.get_model_names()) > 1:
+            raise Sorry("More than one model given; prepare one model at a time.")
+        if not 0 <= self.params.prepare.ph <= 14:
+            raise Sorry("prepare.ph=%g is not a pH (0-14)." % self.params.prepare.ph)
+        out = self.output_file_name()
+        if os.path.exists(out) and not self.params.output.overwrite:
+            raise Sorry("%s exists; use output.overwrite=True or another"
+                        " output.file_name." % out)
+
+    def output_file_name(self):
+        if self.params.output.file_name:
+            return self.params.output.file_name
+        base = os.path.splitext(os.path.basename(self.data_manager.get_default_model_name()))[0]
+        return base + "_prepared.pdb"
+
+    def run(self):
+        from qr_phenix.preparation import prepare_hierarchy
+        model = self.data_manager.get_model()
+        p = self.params.prepare
+        print("Preparing %s for QM (pH %.1f)" % (
+            self.data_manager.get_default_model_name(), p.ph), file=self.logger)
+        hierarchy, report = prepare_hierarchy(
+            model.get_hierarchy(), crystal_symmetry=model.crystal_symmetry(), ph=p.ph,
+            add_missing_atoms=p.add_missing_atoms, ligands=p.ligands, log=self.logger)
+        out = self.output_file_name()
+        text = hierarchy.as_pdb_or_mmcif_string(crystal_symmetry=model.crystal_symmetry())
+        if text.lstrip().startswith("data_") and out.endswith(".pdb"):
+            out = out[:-4] + ".cif"  # too large for PDB format
+        with open(out, "w") as f:
+            f.write(text)
+        print("Wrote %s" % out, file=self.logger)
+        self.results = dict(file_name=out, report=report, total_charge=report.total_charge,
+                            n_atoms=report.n_atoms_out)
+
+    def get_results(self):
+        return self.results

@@ -1,0 +1,235 @@
+"""Fragment-based QM restraints: partition, gradient assembly, parallel runs.
+
+Real engine (GFN2-xTB through tblite) on the 94-atom helix a87_99_h.pdb and on
+a slice of 1us0 (symmetry neighbours in P21); the full 1us0 gradient is in
+benchmarks/fragments_scaling.py, not here.
+"""
+
+import os
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import numpy as np
+import pytest
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+HELIX = SHARED / "data" / "1us0" / "a87_99_h.pdb"
+ENTRY = SHARED / "data" / "1us0" / "1us0.pdb"
+
+iotbx_pdb = pytest.importorskip("iotbx.pdb", reason="requires cctbx (iotbx)")
+pytest.importorskip("tblite", reason="requires tblite (GFN2-xTB engine)")
+
+from qr_phenix.engines.base import EngineSettings, energy_and_gradient  # noqa: E402
+from qr_phenix.fragmentation import master_phil_str, fragments_enabled  # noqa: E402
+from qr_phenix.fragmentation.evaluator import FragmentEvaluator  # noqa: E402
+from qr_phenix.fragmentation.parallel import (  # noqa: E402
+    ProcessPoolExecutor, SerialExecutor, make_calculator)
+from qr_phenix.fragmentation.partition import (  # noqa: E402
+    bisect_cores, build_partition, fast_covalent_bonds)
+from qr_phenix.qm_region import covalent_bonds  # noqa: E402
+
+
+def _helix():
+    if not HELIX.exists():
+        pytest.skip("missing %s" % HELIX)
+    inp = iotbx_pdb.input(str(HELIX))
+    h = inp.construct_hierarchy()
+    return h, inp.crystal_symmetry(), np.array(h.atoms().extract_xyz())
+
+
+#: gradients recomputed at the same point differ by the SCC convergence
+#: (restart from the previous wavefunction vs a fresh guess): ~1e-2 kcal/mol/A
+SCC_NOISE = 2e-2
+
+
+def _elements(h):
+    return [a.element.strip().capitalize() for a in h.atoms()]
+
+
+def test_phil_parses_and_auto_threshold():
+    import iotbx.phil
+    params = iotbx.phil.parse(master_phil_str).extract()
+    assert params.parallel.scheduler is None
+    assert fragments_enabled(params.fragments, 10000) is True
+    assert fragments_enabled(params.fragments, 100) is False
+    assert fragments_enabled(params.fragments, 10000, qm_selection="chain A") is False
+
+
+def test_fast_bonds_match_reference_implementation():
+    h, _, sites = _helix()
+    els = _elements(h)
+    ref = set(covalent_bonds(els, sites))
+    fast = set(map(tuple, fast_covalent_bonds(els, sites).tolist()))
+    assert fast == ref
+
+
+def test_bisection_covers_every_unit_once():
+    rng = np.random.default_rng(1)
+    centres = rng.uniform(0, 50, size=(500, 3))
+    weights = rng.integers(3, 25, size=500).astype(float)
+    cores = bisect_cores(centres, weights, 60)
+    flat = np.sort(np.concatenate(cores))
+    assert np.array_equal(flat, np.arange(500))
+    assert all(weights[c].sum() <= 60 or len(c) == 1 for c in cores)
+
+
+def test_partition_every_atom_core_once_and_neutral_closed_shell():
+    h, cs, sites = _helix()
+    part = build_partition(h, sites, crystal_symmetry=cs, core_size=30, buffer_radius=4.0)
+    cores = np.sort(np.concatenate([f.core for f in part.fragments]))
+    assert np.array_equal(cores, np.arange(len(sites)))
+    assert len(part.images) == 0  # P1 box with a 5 A margin: no neighbours
+    assert all(f.charge == 0 for f in part.fragments)
+    assert all(f.region.caps for f in part.fragments)
+
+
+def test_fragment_gradient_approaches_whole_model():
+    h, cs, sites = _helix()
+    whole = energy_and_gradient(make_calculator(EngineSettings(name="gfn2")),
+                                _elements(h), sites)
+    errors = []
+    for buffer_radius in (3.0, 5.0):
+        ev = FragmentEvaluator(h, EngineSettings(name="gfn2"), crystal_symmetry=cs,
+                               core_size=30, buffer_radius=buffer_radius)
+        _, g = ev.energy_and_gradient(sites)
+        assert np.all(np.isfinite(g))
+        errors.append(np.sqrt(np.mean(np.sum((g - whole.gradient) ** 2, axis=1))))
+    rms_g = np.sqrt(np.mean(np.sum(whole.gradient ** 2, axis=1)))
+    assert errors[1] < errors[0]
+    assert errors[1] < 0.1 * rms_g, (errors, rms_g)
+    # a buffer that covers everything gives the whole-model gradient exactly
+    # (no lattice copies: with a 40 A buffer they would fill the fragment)
+    ev = FragmentEvaluator(h, EngineSettings(name="gfn2"), crystal_symmetry=cs,
+                           core_size=30, buffer_radius=40.0, include_symmetry=False)
+    _, g = ev.energy_and_gradient(sites)
+    assert np.abs(g - whole.gradient).max() < 1e-4
+
+
+def test_integrated_energy_consistent_with_gradient():
+    h, cs, sites = _helix()
+    ev = FragmentEvaluator(h, EngineSettings(name="gfn2"), crystal_symmetry=cs,
+                           core_size=30, buffer_radius=4.0)
+    e0, g0 = ev.energy_and_gradient(sites)
+    step = -1e-3 * g0 / np.linalg.norm(g0)
+    e1, _ = ev.energy_and_gradient(sites + step)
+    predicted = float(np.sum(g0 * step))
+    assert e1 - e0 == pytest.approx(predicted, rel=0.05)
+    assert e1 < e0
+
+
+def test_rebuild_after_displacement():
+    h, cs, sites = _helix()
+    ev = FragmentEvaluator(h, EngineSettings(name="gfn2"), crystal_symmetry=cs,
+                           core_size=30, buffer_radius=3.0, rebuild_displacement=0.5)
+    assert ev.update_partition(sites) is True
+    moved = sites.copy()
+    moved[0, 0] += 0.3
+    assert ev.update_partition(moved) is False
+    moved[0, 0] += 0.3
+    assert ev.update_partition(moved) is True
+    assert ev.generation == 2
+
+
+@pytest.fixture(scope="module")
+def prepared_1us0():
+    """1us0 prepared by qr_phenix.preparation (about 6.8k atoms, P21)."""
+    pytest.importorskip("pdbfixer", reason="requires pdbfixer/openmm for preparation")
+    pytest.importorskip("hydride", reason="requires hydride for preparation")
+    if not ENTRY.exists():
+        pytest.skip("missing %s" % ENTRY)
+    from qr_phenix.preparation import prepare_file
+    h, cs, _ = prepare_file(ENTRY)
+    return h, cs
+
+
+def test_full_1us0_partition_fast_with_symmetry_neighbours(prepared_1us0):
+    h, cs = prepared_1us0
+    sites = np.array(h.atoms().extract_xyz())
+    t0 = time.perf_counter()
+    part = build_partition(h, sites, crystal_symmetry=cs, core_size=60, buffer_radius=4.0)
+    seconds = time.perf_counter() - t0
+    assert seconds < 10
+    assert len(part.images) > 0  # crystal contacts in P21 reach into buffers
+    cores = np.sort(np.concatenate([f.core for f in part.fragments]))
+    assert np.array_equal(cores, np.arange(len(sites)))
+    # ligands are core somewhere, with their charges
+    labels = {part.units[k].label: part.units[k].charge for f in part.fragments
+              for k in f.units}
+    assert labels["A NDP 318"] == -4 and labels["A LDT 320"] == -1
+
+
+def test_ligand_slice_process_pool_equal_serial(prepared_1us0, tmp_path):
+    """NADPH + inhibitor pocket: finite gradients for ligands, pool == serial,
+    a killed pool worker is replaced and its fragment re-run."""
+    h0, cs = prepared_1us0
+    sel = h0.atom_selection_cache().selection("resname NDP or resname LDT")
+    h = h0.select(sel)
+    h.atoms().reset_i_seq()
+    sites = np.array(h.atoms().extract_xyz())
+    s = EngineSettings(name="gfn2")
+    serial = FragmentEvaluator(h, s, crystal_symmetry=cs, core_size=40, buffer_radius=3.0,
+                               include_symmetry=False)
+    e1, g1 = serial.energy_and_gradient(sites)
+    assert np.all(np.isfinite(g1)) and np.abs(g1).max() > 0
+    pool = ProcessPoolExecutor(nproc=2, threads_per_worker=1)
+    try:
+        ev = FragmentEvaluator(h, s, crystal_symmetry=cs, core_size=40, buffer_radius=3.0,
+                               include_symmetry=False, executor=pool)
+        e2, g2 = ev.energy_and_gradient(sites)
+        assert np.abs(g2 - g1).max() < 1e-6  # both from fresh calculators
+        assert e2 == pytest.approx(e1, abs=1e-6)
+        ev.inject_failure = ("exit", str(tmp_path / "pool_marker"))
+        _, g3 = ev.energy_and_gradient(sites)
+        assert pool.n_pool_restarts == 1
+        assert np.abs(g3 - g1).max() < SCC_NOISE
+    finally:
+        pool.close()
+
+
+def test_serial_retry_after_engine_failure(tmp_path):
+    h, cs, sites = _helix()
+    ex = SerialExecutor(retries=1)
+    ev = FragmentEvaluator(h, EngineSettings(name="gfn2"), crystal_symmetry=cs,
+                           core_size=30, buffer_radius=3.0, executor=ex)
+    _, g1 = ev.energy_and_gradient(sites)
+    ev.inject_failure = ("raise", str(tmp_path / "serial_marker"))
+    _, g2 = ev.energy_and_gradient(sites)
+    assert ex.n_retried == 1
+    assert np.abs(g2 - g1).max() < SCC_NOISE
+
+
+@pytest.fixture(scope="module")
+def dask_executor():
+    pytest.importorskip("distributed", reason="requires dask distributed")
+    from qr_phenix.fragmentation.parallel import DaskExecutor
+    ex = DaskExecutor(scheduler="local", nproc=2, threads_per_worker=1, retries=2)
+    yield ex
+    ex.close()
+
+
+def test_dask_two_workers_equal_in_process(dask_executor):
+    h, cs, sites = _helix()
+    s = EngineSettings(name="gfn2")
+    _, g_serial = FragmentEvaluator(h, s, crystal_symmetry=cs, core_size=30,
+                                    buffer_radius=4.0).energy_and_gradient(sites)
+    assert len(dask_executor.client.scheduler_info()["workers"]) == 2
+    ev = FragmentEvaluator(h, s, crystal_symmetry=cs, core_size=30, buffer_radius=4.0,
+                           executor=dask_executor)
+    _, g_dask = ev.energy_and_gradient(sites)
+    assert np.abs(g_dask - g_serial).max() < 1e-6
+
+
+def test_dask_worker_death_reruns_fragment(dask_executor, tmp_path):
+    h, cs, sites = _helix()
+    s = EngineSettings(name="gfn2")
+    ev = FragmentEvaluator(h, s, crystal_symmetry=cs, core_size=30, buffer_radius=4.0,
+                           executor=dask_executor)
+    _, g1 = ev.energy_and_gradient(sites)
+    ev.inject_failure = ("exit", str(tmp_path / "dask_marker"))
+    t0 = time.time()
+    _, g2 = ev.energy_and_gradient(sites)
+    assert (tmp_path / "dask_marker").exists()  # the failure really happened
+    assert np.abs(g2 - g1).max() < SCC_NOISE
+    assert time.time() - t0 < 120

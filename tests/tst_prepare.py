@@ -1,0 +1,83 @@
+"""qr.prepare on 1us0: altlocs, missing atoms, hydrogens, ligand charges."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+ENTRY = SHARED / "data" / "1us0" / "1us0.pdb"
+
+pytest.importorskip("iotbx.pdb", reason="requires cctbx (iotbx)")
+pytest.importorskip("pdbfixer", reason="requires pdbfixer (pip install pdbfixer openmm)")
+pytest.importorskip("hydride", reason="requires hydride (pip install hydride biotite)")
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    if not ENTRY.exists():
+        pytest.skip("missing %s" % ENTRY)
+    from iotbx.cli_parser import run_program
+    from libtbx.utils import null_out
+    from qr_phenix.programs.prepare import Program
+    out = tmp_path_factory.mktemp("prep") / "1us0_prepared.pdb"
+    results = run_program(program_class=Program,
+                          args=[str(ENTRY), "output.file_name=%s" % out],
+                          logger=null_out())
+    return results, out
+
+
+def test_1us0_end_to_end(prepared):
+    import iotbx.pdb
+    results, out = prepared
+    report = results["report"]
+    h = iotbx.pdb.input(str(out)).construct_hierarchy()
+    assert not any(ag.altloc.strip() for ag in h.atom_groups())
+    els = [a.element.strip() for a in h.atoms()]
+    assert els.count("H") == report.n_hydrogens > 3000
+    # truncated HIS 312 / GLU 313 rebuilt, C-terminal OXT added
+    assert "A GLU 313" in report.added_heavy_atoms
+    names313 = {a.name.strip() for rg in h.residue_groups() if rg.resseq.strip() == "313"
+                for a in rg.atoms()}
+    assert {"CD", "OE1", "OXT"} <= names313
+    # ligands: NADPH phosphates -4, inhibitor carboxylate -1, citrates -3
+    charges = dict(c.split(": charge ")[0:2] for c in report.ligand_choices)
+    assert charges["A NDP 318"].split()[0] == "-4"
+    assert charges["A LDT 320"].split()[0] == "-1"
+    assert report.total_charge == results["total_charge"]
+    assert report.n_electrons % 2 == 0
+    # every H is bonded (within 1.35 A of a heavy atom), nothing overlaps
+    from scipy.spatial import cKDTree
+    xyz = np.array(h.atoms().extract_xyz())
+    is_h = np.array([e == "H" for e in els])
+    d, _ = cKDTree(xyz[~is_h]).query(xyz[is_h])
+    assert d.max() < 1.35
+    assert len(cKDTree(xyz).query_pairs(0.9)) == 0
+
+
+def test_charge_column_read_back_as_ligand_charge(prepared):
+    import iotbx.pdb
+    from qr_phenix.fragmentation.partition import model_units
+    _, out = prepared
+    h = iotbx.pdb.input(str(out)).construct_hierarchy()
+    units = {u.label: u.charge for u in model_units(h)}
+    assert units["A NDP 318"] == -4 and units["A CIT 400"] == -3
+
+
+def test_existing_output_is_refused(prepared):
+    from iotbx.cli_parser import run_program
+    from libtbx.utils import Sorry, null_out
+    from qr_phenix.programs.prepare import Program
+    _, out = prepared
+    # relative name: an existing absolute .pdb path on the command line is read
+    # as a second model by the cli parser
+    import os
+    cwd = os.getcwd()
+    os.chdir(out.parent)
+    try:
+        with pytest.raises(Sorry, match="exists"):
+            run_program(program_class=Program,
+                        args=[str(ENTRY), "output.file_name=%s" % out.name],
+                        logger=null_out())
+    finally:
+        os.chdir(cwd)
