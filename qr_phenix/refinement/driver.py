@@ -161,9 +161,9 @@ class MacroCycleRefinement:
         resumed = self.checkpoint_state
         if resumed:
             result = RefinementResult(
-                start=stats_mod.CycleStats(**_cycle_fields(resumed["start"])),
-                cycles=[stats_mod.CycleStats(**_cycle_fields(c)) for c in resumed["cycles"]],
-                trials=[weights_mod.Trial(**_trial_fields(t)) for t in resumed.get("trials", [])],
+                start=stats_mod.CycleStats.from_dict(resumed["start"]),
+                cycles=[stats_mod.CycleStats.from_dict(c) for c in resumed["cycles"]],
+                trials=[weights_mod.Trial.from_dict(t) for t in resumed.get("trials", [])],
                 scale=resumed["scale"], limits=self.limits)
             print("Resuming after cycle %d (weight scale %g)" % (
                 len(result.cycles), result.scale), file=self.log)
@@ -234,14 +234,3 @@ class MacroCycleRefinement:
                 return False
         return True
 
-
-def _cycle_fields(d):
-    d = dict(d)
-    d.pop("gap", None)
-    return d
-
-
-def _trial_fields(d):
-    d = dict(d)
-    d.pop("gap", None)
-    return d

@@ -7,7 +7,7 @@ correctly protonated model are dominated by them (0.07 A for the reference
 helix) and would hide what the heavy atoms do.
 """
 
-from dataclasses import dataclass, asdict, field
+from dataclasses import dataclass, asdict
 from typing import Optional
 
 from scitbx.array_family import flex
@@ -34,8 +34,28 @@ class HeavyAtomGeometry:
         return bonds[2], angles[2]
 
 
+class WithGap:
+    """R-free - R-work derived from a dataclass's r_work/r_free, kept out of
+    the stored fields and added to the JSON form."""
+
+    @property
+    def gap(self):
+        if self.r_work is None or self.r_free is None:
+            return None
+        return self.r_free - self.r_work
+
+    def as_dict(self):
+        d = asdict(self)
+        d["gap"] = self.gap
+        return d
+
+    @classmethod
+    def from_dict(cls, d):
+        return cls(**{k: v for k, v in d.items() if k != "gap"})
+
+
 @dataclass
-class CycleStats:
+class CycleStats(WithGap):
     cycle: int
     r_work: Optional[float] = None
     r_free: Optional[float] = None
@@ -48,17 +68,6 @@ class CycleStats:
     engine_seconds: float = 0.0
     seconds: float = 0.0
     note: str = ""
-
-    @property
-    def gap(self):
-        if self.r_work is None or self.r_free is None:
-            return None
-        return self.r_free - self.r_work
-
-    def as_dict(self):
-        d = asdict(self)
-        d["gap"] = self.gap
-        return d
 
 
 HEADER = ("cycle  R-work  R-free    gap   bonds  angles   map CC  E_restr(kcal/mol)"

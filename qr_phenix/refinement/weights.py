@@ -11,12 +11,14 @@ limits, then R-free - R-work within limit, then the lowest R-free.
 """
 
 import math
-from dataclasses import dataclass, asdict
+from dataclasses import dataclass
 from typing import List, Optional
 
 import numpy as np
 
 import iotbx.phil
+
+from qr_phenix.refinement.statistics import WithGap
 
 master_phil_str = """
 weight = auto
@@ -110,7 +112,7 @@ def parse_weight(value):
 
 
 @dataclass
-class Trial:
+class Trial(WithGap):
     scale: float
     r_work: Optional[float]
     r_free: Optional[float]
@@ -118,17 +120,6 @@ class Trial:
     angle_rmsd: float
     map_cc: Optional[float] = None
     verdict: str = ""
-
-    @property
-    def gap(self):
-        if self.r_free is None or self.r_work is None:
-            return None
-        return self.r_free - self.r_work
-
-    def as_dict(self):
-        d = asdict(self)
-        d["gap"] = self.gap
-        return d
 
 
 def choose(trials: List[Trial], limits: Limits, score="r_free"):
