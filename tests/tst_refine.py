@@ -205,12 +205,16 @@ def test_ambiguous_data_labels_list_the_choices(start_pdb, helix_mtz, tmp_path):
     assert r["final"]["r_free"] < r["start"]["r_free"]
 
 
-def test_model_far_outside_the_cell(start_pdb, helix_mtz, tmp_path):
-    h = iotbx.pdb.input(start_pdb)
+def _shifted(pdb_path, shift, path):
+    h = iotbx.pdb.input(pdb_path)
     hierarchy = h.construct_hierarchy()
-    hierarchy.atoms().set_xyz(hierarchy.atoms().extract_xyz() + (500.0, 0, 0))
-    path = tmp_path / "far.pdb"
+    hierarchy.atoms().set_xyz(hierarchy.atoms().extract_xyz() + shift)
     path.write_text(hierarchy.as_pdb_string(crystal_symmetry=h.crystal_symmetry()))
+    return path
+
+
+def test_model_far_outside_the_cell(start_pdb, helix_mtz, tmp_path):
+    path = _shifted(start_pdb, (500.0, 0, 0), tmp_path / "far.pdb")
     with pytest.raises(Sorry, match="unit cells away"):
         refine(path, helix_mtz, "qm_restraints.restraints=cctbx",
                "output.prefix=%s" % (tmp_path / "x"))
@@ -219,11 +223,7 @@ def test_model_far_outside_the_cell(start_pdb, helix_mtz, tmp_path):
 def test_map_model_mismatch(start_pdb, helix_pdb, tmp_path):
     map_path = tmp_path / "m.mrc"
     write_map(helix_pdb, map_path)
-    h = iotbx.pdb.input(start_pdb)
-    hierarchy = h.construct_hierarchy()
-    hierarchy.atoms().set_xyz(hierarchy.atoms().extract_xyz() + (60.0, 0, 0))
-    path = tmp_path / "moved.pdb"
-    path.write_text(hierarchy.as_pdb_string(crystal_symmetry=h.crystal_symmetry()))
+    path = _shifted(start_pdb, (60.0, 0, 0), tmp_path / "moved.pdb")
     with pytest.raises(Sorry, match="(?i)map"):
         refine(path, map_path, "refinement.resolution=4", "qm_restraints.restraints=cctbx",
                "output.prefix=%s" % (tmp_path / "x"))
