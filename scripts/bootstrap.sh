@@ -70,4 +70,4 @@ else
     "$py" -m qr_phenix.monomer_library "${args[@]}" || die "monomer library install failed"
 fi
 
-say "done; run tests with: $py -m pytest -q"
+say "done; tests: $py run_tests.py; example: $py -m qr_phenix.example"
