@@ -12,7 +12,8 @@ Threads and BLAS (measured on this project's 2-core VM, tblite 0.8.0 wheel):
 * NOTES.md recorded wrong energies with >1 OpenMP thread; that did not
   reproduce here (1, 2, 4, 8 threads and unset all gave -171.6812838884 Eh),
   but the thread count is still pinned: settings.threads (default 1) is set
-  through omp_set_num_threads/openblas_set_num_threads before every call, and
+  through omp_set_num_threads before every call (OpenBLAS is kept serial: threaded
+  BLAS inside tblite's OpenMP regions reproduced the wrong energies), and
   OMP_WAIT_POLICY defaults to PASSIVE so idle threads do not spin against
   other processes (spinning made 2 threads 4-7x slower on a busy machine).
 """
@@ -90,7 +91,9 @@ def _pin_threads(threads):
     if _gomp is not None:
         _gomp.omp_set_num_threads(threads)
     if _openblas is not None and hasattr(_openblas, "openblas_set_num_threads"):
-        _openblas.openblas_set_num_threads(threads)
+        # threaded OpenBLAS inside tblite's OpenMP regions gave wrong energies
+        # (-171.378 vs -171.681 Eh for the helix with 2 threads): BLAS stays serial
+        _openblas.openblas_set_num_threads(1)
 
 
 class TBLiteCalculator(EngineCalculator):
