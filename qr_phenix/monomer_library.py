@@ -66,7 +66,7 @@ ENV_DATA = "QR_PHENIX_DATA"
 INSTALL_COMMAND = "python -m qr_phenix.monomer_library"
 
 # Bump when the patches change: existing overlays are then rebuilt.
-OVERLAY_VERSION = 3
+OVERLAY_VERSION = 4
 OVERLAY_STAMP = ".qr_phenix_overlay.json"
 EXTRACT_STAMP = ".qr_phenix_source.json"
 # Above this many dictionaries only the amino acids get the neutron column
@@ -318,7 +318,41 @@ def patch_comp_model(cif_model, neutron=True):
             # Keep one N-H (neutral N-terminus); see mods NH1/NH2.
             _delete_atom(block, "H2")
             changed = True
+        if _type_polar_hydrogens(block):
+            changed = True
         if neutron and _add_neutron_columns(block):
+            changed = True
+    return changed
+
+
+# acedrg types every hydrogen "H" (hb_type N: neither donor nor acceptor), so
+# mmtbx's nonbonded term keeps an amide H 2.7 A from a carbonyl O and pushes
+# every helix and sheet H-bond apart.  The energy types of Phenix's library
+# mark polar H as donors' H (hb_type H), which lets
+# pdb_interpretation.const_shrink_donor_acceptor shorten those contacts.
+_POLAR_H_TYPE = {"N": "HNH1", "O": "HOH1", "S": "HSH1"}
+
+
+def _type_polar_hydrogens(block):
+    atoms = block.get_loop("_chem_comp_atom")
+    bonds = block.get_loop("_chem_comp_bond")
+    if atoms is None or bonds is None or "_chem_comp_atom.type_energy" not in atoms.keys():
+        return False
+    ids = list(atoms["_chem_comp_atom.atom_id"])
+    symbols = [t.upper() for t in atoms["_chem_comp_atom.type_symbol"]]
+    types = atoms["_chem_comp_atom.type_energy"]
+    element = dict(zip(ids, symbols))
+    partner = {}
+    for a, b in zip(bonds["_chem_comp_bond.atom_id_1"], bonds["_chem_comp_bond.atom_id_2"]):
+        partner.setdefault(a, b)
+        partner.setdefault(b, a)
+    changed = False
+    for i, atom_id in enumerate(ids):
+        if symbols[i] != "H" or types[i] != "H":
+            continue
+        new = _POLAR_H_TYPE.get(element.get(partner.get(atom_id)))
+        if new:
+            types[i] = new
             changed = True
     return changed
 
@@ -933,6 +967,10 @@ def process_model(model_or_path, crystal_symmetry=None, stop_for_unknowns=True,
                         % type(model_or_path).__name__)
     params = mmtbx.model.manager.get_default_pdb_interpretation_params()
     pi = params.pdb_interpretation
+    # H-bonded donor-H...acceptor contacts 0.6 A shorter than van der Waals, as
+    # in phenix.refine; without it the library breaks every helix H-bond
+    # (1us0 helix: nonbonded residual 414 -> 23 kcal/mol-like units)
+    pi.const_shrink_donor_acceptor = 0.6
     for name, value in (pdb_interpretation_overrides or {}).items():
         if not hasattr(pi, name):
             raise Sorry("Unknown pdb_interpretation parameter: %s" % name)

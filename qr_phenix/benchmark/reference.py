@@ -13,7 +13,6 @@ X-H lengths are nuclear (N-H 1.01, C-H 1.09, O-H 0.97 A), as in the
 published model; QM engines need nuclear positions.
 """
 
-import io
 import os
 from dataclasses import dataclass, asdict
 

@@ -9,12 +9,13 @@ Threads and BLAS (measured on this project's 2-core VM, tblite 0.8.0 wheel):
   (qr_phenix/__init__.py: loaded late it crashed tblite); `BLAS_STATUS` says
   what happened.  QR_PHENIX_TBLITE_BLAS=/path/lib.so picks another library,
   =none disables.
-* NOTES.md recorded wrong energies with >1 OpenMP thread; that did not
-  reproduce here (1, 2, 4, 8 threads and unset all gave -171.6812838884 Eh),
-  but the thread count is still pinned: settings.threads (default 1) is set
-  through omp_set_num_threads before every call (OpenBLAS is kept serial: threaded
-  BLAS inside tblite's OpenMP regions reproduced the wrong energies), and
-  OMP_WAIT_POLICY defaults to PASSIVE so idle threads do not spin against
+* More than one OpenMP thread gives WRONG energies with the tblite 0.8.0
+  wheel (NOTES.md; reproduced here inside the test suite: -171.378 instead of
+  -171.681 Eh for the helix with 2 threads, while the same call alone was
+  right).  tblite therefore always runs on 1 thread; settings.threads > 1 is
+  ignored with a warning (parallelism comes from processes: fragments,
+  benchmark jobs), OpenBLAS is kept serial, and OMP_WAIT_POLICY defaults to
+  PASSIVE so idle threads do not spin against
   other processes (spinning made 2 threads 4-7x slower on a busy machine).
 """
 
@@ -113,14 +114,17 @@ class TBLiteCalculator(EngineCalculator):
         self._tb = None
         self._result = None
         self._messages = collections.deque(maxlen=50)
-        _load(settings.threads)
+        if settings.threads > 1:
+            log.warning("tblite runs on 1 thread: more threads give wrong energies with"
+                        " this tblite build (use processes: parallel.nproc)")
+        _load(1)
 
     def _reset_for_new_atoms(self):
         self._tb = None
         self._result = None
 
     def _build(self, numbers, positions_bohr):
-        interface = _load(self.settings.threads)
+        interface = _load(1)
         s = self.settings
         try:
             tb = interface.Calculator(
@@ -164,7 +168,7 @@ class TBLiteCalculator(EngineCalculator):
             self._tb = self._build(numbers, positions_bohr)
         else:
             self._tb.update(positions_bohr)
-        _pin_threads(self.settings.threads)
+        _pin_threads(1)
         errors = []
         for label, restart, opt in self._attempts():
             tb = self._tb

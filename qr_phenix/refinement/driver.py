@@ -27,6 +27,9 @@ def termination(max_iterations):
         max_iterations=max_iterations, traditional_convergence_test_eps=1e-12)
 
 
+MAX_SAFETY_STEPS = 2
+
+
 @dataclass
 class RefinementResult:
     start: stats_mod.CycleStats
@@ -35,6 +38,7 @@ class RefinementResult:
     scale: Optional[float] = None
     limits: Optional[weights_mod.Limits] = None
     converged: bool = False
+    safety_steps: int = 0
 
     @property
     def final(self):
@@ -164,7 +168,8 @@ class MacroCycleRefinement:
                 start=stats_mod.CycleStats.from_dict(resumed["start"]),
                 cycles=[stats_mod.CycleStats.from_dict(c) for c in resumed["cycles"]],
                 trials=[weights_mod.Trial.from_dict(t) for t in resumed.get("trials", [])],
-                scale=resumed["scale"], limits=self.limits)
+                scale=resumed["scale"], limits=self.limits,
+                safety_steps=resumed.get("safety_steps", 0))
             print("Resuming after cycle %d (weight scale %g)" % (
                 len(result.cycles), result.scale), file=self.log)
             print(stats_mod.HEADER, file=self.log)
@@ -196,9 +201,13 @@ class MacroCycleRefinement:
             s.weight = result.scale if self.uses_data else None
             s.seconds = time.perf_counter() - t0
             # the study's safety rule: restraints x2 while heavy-atom bonds are
-            # over the limit (only when the weight is the program's to choose)
+            # over the limit (only when the weight is the program's to choose).
+            # At most MAX_SAFETY_STEPS times: a QM minimum can itself sit near
+            # the library limit (PM7 ~0.025 A), and halving without end then
+            # switched the data off (1us0 benchmark: scale 6e-5, R-free 0.33).
             if (self.uses_data and fixed_scale is None and s.bond_rmsd > self.limits.bond_rmsd
-                    and cycle < n_cycles):
+                    and cycle < n_cycles and result.safety_steps < MAX_SAFETY_STEPS):
+                result.safety_steps += 1
                 result.scale /= 2
                 s.note = (s.note + "; " if s.note else "") + \
                     "bonds over %.3f: restraints x2 next cycle" % self.limits.bond_rmsd
@@ -211,6 +220,7 @@ class MacroCycleRefinement:
                                           cycles=[c.as_dict() for c in result.cycles],
                                           trials=[t.as_dict() for t in result.trials],
                                           scale=result.scale,
+                                          safety_steps=result.safety_steps,
                                           reference_ratio=self._reference_ratio),
                                      self.get_sites())
             if self._converged(result, shift):
