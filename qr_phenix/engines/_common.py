@@ -59,6 +59,15 @@ def find_binary(explicit, name, install_hint, engine):
     return path
 
 
+def binary_available(settings, name, install_hint):
+    """(True, "") if the engine program is found, else (False, why + fix)."""
+    try:
+        find_binary(settings.binary if settings else None, name, install_hint, name)
+    except EngineUnavailable as e:
+        return False, str(e)
+    return True, ""
+
+
 class ScratchDir:
     """A private directory, removed when its owner is garbage-collected.
 

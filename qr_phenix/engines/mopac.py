@@ -25,8 +25,8 @@ from ase.data import chemical_symbols
 
 from qr_phenix import units
 from qr_phenix.engines._common import (
-    DISTORTED_GEOMETRY_HINT, EngineCalculator, ScratchDir, close_contacts,
-    find_binary, tail)
+    DISTORTED_GEOMETRY_HINT, EngineCalculator, ScratchDir, binary_available,
+    close_contacts, find_binary, tail)
 from qr_phenix.engines.base import EngineError
 
 log = logging.getLogger(__name__)
@@ -44,11 +44,7 @@ RETRY_KEYWORDS = "ITRY=2000 SHIFT=20 PULAY"
 
 
 def available(settings=None):
-    try:
-        find_binary(settings.binary if settings else None, "mopac", INSTALL_HINT, "mopac")
-    except Exception as e:
-        return False, str(e)
-    return True, ""
+    return binary_available(settings, "mopac", INSTALL_HINT)
 
 
 _NUMBER = re.compile(r"[-+]?\d+\.\d*(?:[EeDd][-+]?\d+)?")

@@ -20,8 +20,8 @@ from ase.data import chemical_symbols
 
 from qr_phenix import units
 from qr_phenix.engines._common import (
-    DISTORTED_GEOMETRY_HINT, EngineCalculator, ScratchDir, close_contacts,
-    find_binary, tail)
+    DISTORTED_GEOMETRY_HINT, EngineCalculator, ScratchDir, binary_available,
+    close_contacts, find_binary, tail)
 from qr_phenix.engines.base import EngineError
 
 log = logging.getLogger(__name__)
@@ -37,11 +37,7 @@ _OUTPUTS = ("gradient", "energy", "coord.engrad", "charges", "wbo", "xtbtopo.mol
 
 
 def available(settings=None):
-    try:
-        find_binary(settings.binary if settings else None, "xtb", INSTALL_HINT, "xtb")
-    except Exception as e:
-        return False, str(e)
-    return True, ""
+    return binary_available(settings, "xtb", INSTALL_HINT)
 
 
 def read_gradient_file(path, natoms):
