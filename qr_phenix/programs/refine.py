@@ -142,7 +142,7 @@ Outputs <prefix>.pdb, .cif, .log, .json; a checkpoint after every macro-cycle
         self.prefix = self.output_prefix()
         self.log_path = self.prefix + ".log"
         self.results = None
-        from qr_phenix.refinement.logging import Tee
+        from qr_phenix.refinement.log_file import Tee
         tee = Tee(self.logger, self.log_path, append=self.params.output.resume)
         try:
             self._run(tee, t_start)
