@@ -22,6 +22,7 @@ from typing import List, Tuple
 import numpy as np
 from ase.data import atomic_numbers, covalent_radii
 from libtbx.utils import Sorry
+from scipy.spatial import cKDTree
 
 #: A-H distances (A) for caps, by element of the kept atom A
 CAP_DISTANCE = {"C": 1.09, "N": 1.01, "O": 0.96, "S": 1.34, "P": 1.42, "SE": 1.47}
@@ -29,33 +30,25 @@ BOND_TOLERANCE = 0.45  # A over the sum of covalent radii for distance-based bon
 
 
 def covalent_bonds(elements, sites, extra_pairs=()):
-    """Bonds by covalent radii (+tolerance), plus given pairs (library bonds).
+    """Bonds by covalent radii (+tolerance), plus given pairs (library bonds),
+    as sorted (i, j) tuples with i < j.
 
     The library knows every bond of residues with a dictionary; distances
     catch ligands without one and links the library did not make.
     """
     sites = np.asarray(sites, dtype=float)
-    radii = np.array([covalent_radii[atomic_numbers.get(e.capitalize(), 0)] for e in elements])
-    bonds = set()
-    # cell lists keep this linear in the number of atoms
-    cell = 3.0
-    keys = np.floor(sites / cell).astype(int)
-    buckets = {}
-    for i, k in enumerate(map(tuple, keys)):
-        buckets.setdefault(k, []).append(i)
-    offsets = [(a, b, c) for a in (-1, 0, 1) for b in (-1, 0, 1) for c in (-1, 0, 1)]
-    for i, k in enumerate(map(tuple, keys)):
-        for off in offsets:
-            for j in buckets.get((k[0] + off[0], k[1] + off[1], k[2] + off[2]), ()):
-                if j <= i:
-                    continue
-                if elements[i] in ("H", "D") and elements[j] in ("H", "D"):
-                    continue
-                d = np.linalg.norm(sites[i] - sites[j])
-                if d < radii[i] + radii[j] + BOND_TOLERANCE:
-                    bonds.add((i, j))
-    for i, j in extra_pairs:
-        bonds.add((min(i, j), max(i, j)))
+    els = [e.capitalize() for e in elements]
+    radii = np.array([covalent_radii[atomic_numbers.get(e, 0)] for e in els])
+    is_h = np.array([e in ("H", "D") for e in els], dtype=bool)
+    pairs = np.zeros((0, 2), dtype=int)
+    if len(sites) > 1:
+        pairs = cKDTree(sites).query_pairs(r=2 * radii.max() + BOND_TOLERANCE,
+                                           output_type="ndarray")
+        i, j = pairs[:, 0], pairs[:, 1]
+        d = np.linalg.norm(sites[i] - sites[j], axis=1)
+        pairs = pairs[(d < radii[i] + radii[j] + BOND_TOLERANCE) & ~(is_h[i] & is_h[j])]
+    bonds = {(int(min(i, j)), int(max(i, j))) for i, j in pairs}
+    bonds.update((int(min(i, j)), int(max(i, j))) for i, j in extra_pairs)
     return sorted(bonds)
 
 

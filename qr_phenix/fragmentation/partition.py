@@ -27,12 +27,12 @@ from dataclasses import dataclass, field
 from typing import List, Optional
 
 import numpy as np
-from ase.data import atomic_numbers, covalent_radii
+from ase.data import atomic_numbers
 from libtbx.utils import Sorry
 from scipy.spatial import cKDTree
 
 from qr_phenix import chemistry
-from qr_phenix.qm_region import BOND_TOLERANCE, Cap, QMRegion, build_region
+from qr_phenix.qm_region import BOND_TOLERANCE, Cap, QMRegion, build_region, covalent_bonds
 
 #: elements never bonded covalently for capping purposes: cutting a
 #: metal-ligand contact needs no cap (and an H on a metal would be wrong)
@@ -44,7 +44,6 @@ METALS = {
 }
 
 
-SH_MAX = 1.45  # A; longest S-H bond counted as a thiol
 
 
 @dataclass
@@ -128,44 +127,15 @@ class Partition:
 # --- bonds ----------------------------------------------------------------------------
 
 def fast_covalent_bonds(elements, sites, extra_pairs=()):
-    """Same criterion as qm_region.covalent_bonds (covalent radii + tolerance),
-    vectorised with a k-d tree; bonds to metals are left out (see METALS)."""
-    sites = np.asarray(sites, dtype=float)
-    if len(sites) < 2:
-        return np.zeros((0, 2), dtype=int)
+    """qm_region.covalent_bonds without bonds to metals (see METALS), as an
+    (n, 2) array."""
     els = [e.capitalize() for e in elements]
-    radii = np.array([covalent_radii[atomic_numbers.get(e, 0)] for e in els])
-    is_h = np.array([e in ("H", "D") for e in els])
-    metal = np.array([e in METALS for e in els])
-    cutoff = 2 * radii.max() + BOND_TOLERANCE
-    pairs = cKDTree(sites).query_pairs(r=cutoff, output_type="ndarray")
-    if len(pairs):
-        i, j = pairs[:, 0], pairs[:, 1]
-        d = np.linalg.norm(sites[i] - sites[j], axis=1)
-        keep = (d < radii[i] + radii[j] + BOND_TOLERANCE) & ~(is_h[i] & is_h[j]) \
-            & ~metal[i] & ~metal[j]
-        pairs = pairs[keep]
-    extra = np.array([p for p in extra_pairs if not (metal[p[0]] or metal[p[1]])],
-                     dtype=int).reshape(-1, 2)
-    allp = np.vstack([pairs.reshape(-1, 2), extra])
-    allp = np.sort(allp, axis=1)
-    return np.unique(allp, axis=0) if len(allp) else allp
+    metal = np.array([e in METALS for e in els], dtype=bool)
+    bonds = np.array(covalent_bonds(els, sites, extra_pairs), dtype=int).reshape(-1, 2)
+    return bonds[~(metal[bonds[:, 0]] | metal[bonds[:, 1]])]
 
 
 # --- residues and charges ---------------------------------------------------------------
-
-def _atom_formal_charge(atom):
-    """Formal charge from the PDB charge column ("1-", "2+"), 0 if blank."""
-    text = atom.charge.strip() if hasattr(atom, "charge") else ""
-    if not text:
-        return 0
-    try:
-        if text[-1] in "+-":
-            return int(text[:-1] or 1) * (1 if text[-1] == "+" else -1)
-        return int(text)
-    except ValueError:
-        return 0
-
 
 def model_units(hierarchy, log=None):
     """Residue units with their formal charges.
@@ -185,16 +155,8 @@ def model_units(hierarchy, log=None):
     for r in residues:
         rc = chemistry.residue_charge(r, context)
         if rc is None:
-            q = sum(_atom_formal_charge(atoms[i]) for i in r.i_seqs)
-            if q == 0 and not any(atoms[i].charge.strip() for i in r.i_seqs):
-                assumed.append(r.label)
-        else:
-            q = rc.charge
-            if r.resname in ("CYS", "CYM") and q < 0 and r.atom("SG") is not None and \
-                    np.any(np.linalg.norm(r.xyz[[e == "H" for e in r.elements]]
-                                          - r.atom("SG"), axis=1) < SH_MAX):
-                # chemistry.X_H_MAX (1.3 A) is shorter than an S-H bond (1.34 A)
-                q += 1
+            assumed.append(r.label)
+        q = 0 if rc is None else rc.charge
         units.append(Unit(label=r.label, atoms=np.array(r.i_seqs, dtype=int), charge=int(q)))
     if assumed and log is not None:
         print("  fragments: no charge rule or charge column for %s: taken as neutral"
