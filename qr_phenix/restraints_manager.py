@@ -39,6 +39,37 @@ from qr_phenix.engines import make_calculator, phil_choice
 from qr_phenix.engines.base import EngineSettings, energy_and_gradient
 from qr_phenix.qm_region import build_region, covalent_bonds
 
+# A line search can try a point where two atoms nearly coincide.  Engines
+# then fail (MOPAC: "GEOMETRY IN ERROR") or, worse, return a spurious low
+# energy (PM7 let a C-terminal O-H collapse to 0.16 A in the 1us0 benchmark).
+# No pair in a macromolecular model is shorter than CONTACT_WALL (X-H >= 0.9 A),
+# so a steep wall there changes no physical geometry; below CONTACT_FLOOR the
+# engine is not called at all and the wall alone answers, so the line search
+# backs off instead of the run stopping.
+CONTACT_WALL = 0.75            # A
+CONTACT_FLOOR = 0.5            # A
+WALL_FORCE_CONSTANT = 2000.0   # kcal/mol/A^2
+
+
+def contact_wall(sites, atoms=None):
+    """Wall energy (kcal/mol), gradient (n, 3) and the shortest pair found
+    (i, j, d) among `atoms` (all when None) closer than CONTACT_WALL."""
+    from scipy.spatial import cKDTree
+    idx = np.arange(len(sites)) if atoms is None else np.asarray(atoms)
+    gradient = np.zeros_like(sites)
+    pairs = cKDTree(sites[idx]).query_pairs(CONTACT_WALL, output_type="ndarray")
+    if not len(pairs):
+        return 0.0, gradient, None
+    i, j = idx[pairs[:, 0]], idx[pairs[:, 1]]
+    v = sites[i] - sites[j]
+    d = np.maximum(np.linalg.norm(v, axis=1), 1e-6)
+    energy = WALL_FORCE_CONSTANT * np.sum((CONTACT_WALL - d) ** 2)
+    g = (-2 * WALL_FORCE_CONSTANT * (CONTACT_WALL - d) / d)[:, None] * v
+    np.add.at(gradient, i, g)
+    np.add.at(gradient, j, -g)
+    k = int(np.argmin(d))
+    return energy, gradient, (int(i[k]), int(j[k]), float(d[k]))
+
 _scope_body = """
 restraints = %(restraints)s
   .type = choice
@@ -198,6 +229,7 @@ class QMRestraintsManager:
         self.engine_seconds = 0.0
         self._cache_key = None
         self._cache_value = None
+        self._last_engine_energy = None
 
     # everything not overridden (pair_proxies, crystal_symmetry, proxies,
     # shift_sites_cart, ...) is the library manager's
@@ -242,11 +274,21 @@ class QMRestraintsManager:
         key = hashlib.sha1(sites.tobytes()).hexdigest()
         if key == self._cache_key:
             return self._cache_value
+        wall, wall_gradient, closest = contact_wall(sites, self.region_atoms)
+        if closest is not None and closest[2] < CONTACT_FLOOR:
+            if self._last_engine_energy is None:
+                raise Sorry("Atoms %d and %d (from 1) are %.2f A apart: the model has"
+                            " overlapping atoms. Fix or remove one of them before QM"
+                            " refinement." % (closest[0] + 1, closest[1] + 1, closest[2]))
+            # the engine is not asked; the wall alone makes this point worse
+            # than the last one, so the line search returns
+            return self._last_engine_energy + wall, wall_gradient
         t0 = time.perf_counter()
         energy, gradient = self.evaluator.energy_and_gradient(sites)
         self.engine_seconds += time.perf_counter() - t0
         self.n_engine_calls += 1
-        self._cache_key, self._cache_value = key, (energy, gradient)
+        self._last_engine_energy = energy
+        self._cache_key, self._cache_value = key, (energy + wall, gradient + wall_gradient)
         return self._cache_value
 
     def energies_sites(self, sites_cart, flags=None, custom_nonbonded_function=None,

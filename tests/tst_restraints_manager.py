@@ -97,6 +97,35 @@ def test_identical_coordinates_are_not_recomputed(qm_helix):
     assert grm.n_engine_calls == n
 
 
+def test_contact_wall_gradient_and_collapsed_pairs_skip_the_engine(qm_helix):
+    sites = np.array(qm_helix.get_sites_cart())
+    # nothing in a sound model is inside the wall
+    assert rm.contact_wall(sites)[2] is None
+    # move an H (atom 1 bonded to N 0) to 0.6 A from its N: wall gradient vs FD
+    h = 1
+    v = sites[h] - sites[0]
+    sites[h] = sites[0] + 0.6 * v / np.linalg.norm(v)
+    e, g, (i, j, d) = rm.contact_wall(sites)
+    assert {i, j} == {0, h} and d == pytest.approx(0.6) and e > 0
+    delta = 1e-5
+    for k in range(3):
+        p, m = sites.copy(), sites.copy()
+        p[h, k] += delta
+        m[h, k] -= delta
+        fd = (rm.contact_wall(p)[0] - rm.contact_wall(m)[0]) / (2 * delta)
+        assert g[h, k] == pytest.approx(fd, rel=1e-5, abs=1e-6)
+    # a line-search point with a collapsed pair: no engine call, a worse target
+    grm = qm_helix.get_restraints_manager().geometry
+    good = qm_helix.get_sites_cart()
+    t_good = grm.energies_sites(sites_cart=good, compute_gradients=True).target
+    n = grm.n_engine_calls
+    sites[h] = sites[0] + 0.2 * v / np.linalg.norm(v)
+    es = grm.energies_sites(sites_cart=flex.vec3_double(sites), compute_gradients=True)
+    assert grm.n_engine_calls == n
+    assert es.target > t_good + 100
+    assert np.all(np.isfinite(np.array(es.gradients)))
+
+
 def test_select_all_keeps_qm_and_subset_gives_library(qm_helix):
     grm = qm_helix.get_restraints_manager().geometry
     n = qm_helix.get_number_of_atoms()

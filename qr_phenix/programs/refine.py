@@ -254,7 +254,7 @@ Outputs <prefix>.pdb, .cif, .log, .json; a checkpoint after every macro-cycle
             d_min = None
         qm_rm.setup_restraints(model, p.qm_restraints, log=log, fragment_params=p.fragments,
                                parallel_params=p.parallel)
-        limits = weights_mod.limits_for(d_min, r, quantum)
+        limits = weights_mod.limits_for(d_min, r, quantum, p.qm_restraints.engine)
         if self.mode == "xray":
             from qr_phenix.refinement.xray import XrayRefinement
             ref = XrayRefinement(model, fmodel, r, limits, quantum, **kwargs)

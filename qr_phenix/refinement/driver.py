@@ -28,6 +28,12 @@ def termination(max_iterations):
 
 
 MAX_SAFETY_STEPS = 2
+# The weight chosen by trials from a far-off start is often too cautious later:
+# the start's transient distortions make every strong data weight look
+# over-fitted.  As the original Q|R did, the data weight is doubled when a
+# cycle ends with geometry well inside the limits and an acceptable R gap.
+RAISE_BELOW_FRACTION = 0.6
+MAX_RAISE_STEPS = 3
 
 
 @dataclass
@@ -39,6 +45,7 @@ class RefinementResult:
     limits: Optional[weights_mod.Limits] = None
     converged: bool = False
     safety_steps: int = 0
+    raise_steps: int = 0
 
     @property
     def final(self):
@@ -169,7 +176,8 @@ class MacroCycleRefinement:
                 cycles=[stats_mod.CycleStats.from_dict(c) for c in resumed["cycles"]],
                 trials=[weights_mod.Trial.from_dict(t) for t in resumed.get("trials", [])],
                 scale=resumed["scale"], limits=self.limits,
-                safety_steps=resumed.get("safety_steps", 0))
+                safety_steps=resumed.get("safety_steps", 0),
+                raise_steps=resumed.get("raise_steps", 0))
             print("Resuming after cycle %d (weight scale %g)" % (
                 len(result.cycles), result.scale), file=self.log)
             print(stats_mod.HEADER, file=self.log)
@@ -205,12 +213,21 @@ class MacroCycleRefinement:
             # At most MAX_SAFETY_STEPS times: a QM minimum can itself sit near
             # the library limit (PM7 ~0.025 A), and halving without end then
             # switched the data off (1us0 benchmark: scale 6e-5, R-free 0.33).
-            if (self.uses_data and fixed_scale is None and s.bond_rmsd > self.limits.bond_rmsd
-                    and cycle < n_cycles and result.safety_steps < MAX_SAFETY_STEPS):
+            adaptive = self.uses_data and fixed_scale is None and cycle < n_cycles
+            if (adaptive and s.bond_rmsd > self.limits.bond_rmsd
+                    and result.safety_steps < MAX_SAFETY_STEPS):
                 result.safety_steps += 1
                 result.scale /= 2
                 s.note = (s.note + "; " if s.note else "") + \
                     "bonds over %.3f: restraints x2 next cycle" % self.limits.bond_rmsd
+            elif (adaptive and result.raise_steps < MAX_RAISE_STEPS
+                  and s.bond_rmsd < RAISE_BELOW_FRACTION * self.limits.bond_rmsd
+                  and s.angle_rmsd <= self.limits.angle_rmsd
+                  and (s.gap is None or s.gap <= self.limits.gap)):
+                result.raise_steps += 1
+                result.scale *= 2
+                s.note = (s.note + "; " if s.note else "") + \
+                    "geometry well inside limits: data x2 next cycle"
             self._print(s)
             result.cycles.append(s)
             shift = np.abs(np.array(self.get_sites()) - previous_sites).max() if len(
@@ -221,6 +238,7 @@ class MacroCycleRefinement:
                                           trials=[t.as_dict() for t in result.trials],
                                           scale=result.scale,
                                           safety_steps=result.safety_steps,
+                                          raise_steps=result.raise_steps,
                                           reference_ratio=self._reference_ratio),
                                      self.get_sites())
             if self._converged(result, shift):

@@ -53,11 +53,19 @@ def _phenix_table():
             for c in table.weight_selection_criteria]
 
 
-# QM minima are not library minima: GFN2/PM7 bond lengths differ from Engh &
-# Huber ideals by ~0.01 A rms even for a perfect model, so a QM-restrained
-# model sits above the library-based limit without being over-fitted.
-QM_BOND_ALLOWANCE = 0.010
-QM_ANGLE_ALLOWANCE = 1.0
+# QM minima are not library minima: even a perfect model minimised with a
+# quantum energy deviates from the Engh & Huber ideals.  The allowance added
+# to the library limits is that intrinsic deviation, measured here as the
+# non-H bond/angle rmsd vs the library after geometry-only minimisation of
+# the 1us0 reference helix (docs/benchmark_1us0.md): a QM-restrained model at
+# the library limit plus this offset is not over-fitted.  Engines not
+# measured get the GFN2-like default.
+QM_ALLOWANCE = {           # engine: (bond A, angle deg)
+    "gfn2": (0.013, 2.0),
+    "xtb": (0.013, 2.0),
+    "pm7": (0.023, 1.5),
+}
+QM_DEFAULT_ALLOWANCE = (0.010, 1.0)
 
 
 @dataclass
@@ -67,7 +75,7 @@ class Limits:
     gap: float
 
 
-def limits_for(d_min, params, quantum):
+def limits_for(d_min, params, quantum, engine=None):
     table = _phenix_table()
     row = table[-1]
     for r in table:
@@ -75,8 +83,9 @@ def limits_for(d_min, params, quantum):
             row = r
     bond, angle, gap = row[2:]
     if quantum:
-        bond += QM_BOND_ALLOWANCE
-        angle += QM_ANGLE_ALLOWANCE
+        extra_bond, extra_angle = QM_ALLOWANCE.get(engine, QM_DEFAULT_ALLOWANCE)
+        bond += extra_bond
+        angle += extra_angle
     return Limits(
         bond_rmsd=params.bond_rmsd_max if params.bond_rmsd_max is not None else bond,
         angle_rmsd=params.angle_rmsd_max if params.angle_rmsd_max is not None else angle,
