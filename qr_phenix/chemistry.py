@@ -56,6 +56,8 @@ class ResidueCharge:
     label: str
     charge: int
     reason: str
+    #: where the charge sits: "side_chain", "n_terminus", "c_terminus" -> charge
+    parts: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -162,7 +164,7 @@ def residue_charge(res: _Residue, all_residues) -> Optional[ResidueCharge]:
             return ResidueCharge(res.label, sum(res.formal_charges),
                                  "formal charges in the model file")
         return None
-    charge, reasons = 0, []
+    charge, reasons, parts = 0, [], {}
     site = SIDE_CHAIN_SITES.get(name)
     if site is not None:
         atoms, neutral_h = site
@@ -182,6 +184,7 @@ def residue_charge(res: _Residue, all_residues) -> Optional[ResidueCharge]:
             if q:
                 reasons.append("side chain %s: %d H" % ("/".join(atoms), n_h))
                 charge += q
+                parts["side_chain"] = q
     n = res.atom("N")
     if n is not None:
         if _is_n_terminal(res, all_residues):  # no peptide bond to its N
@@ -190,13 +193,15 @@ def residue_charge(res: _Residue, all_residues) -> Optional[ResidueCharge]:
             if q:
                 reasons.append("N-terminus: %d H on N" % res.hydrogens_on(n))
                 charge += q
+                parts["n_terminus"] = q
     oxt = res.atom("OXT")
     if oxt is not None:
         n_h = res.hydrogens_on(oxt) + res.hydrogens_on(res.atom("O"))
         if n_h == 0:
             reasons.append("C-terminus: carboxylate")
             charge -= 1
-    return ResidueCharge(res.label, charge, "; ".join(reasons) or "neutral")
+            parts["c_terminus"] = -1
+    return ResidueCharge(res.label, charge, "; ".join(reasons) or "neutral", parts)
 
 
 def n_electrons_neutral(elements):

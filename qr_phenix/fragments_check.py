@@ -64,6 +64,12 @@ fragments_check
   worst = 5
     .type = int
     .help = "Atoms with the largest errors listed per setting"
+  solvent = water
+    .type = str
+    .help = "Implicit solvent for the reference and the fragments, as \
+             fragments.solvent in refinement (engine_options.solvent wins); \
+             None for vacuum"
+    .short_caption = Implicit solvent
 }
 %s
 %s

@@ -199,6 +199,13 @@ def test_solvent_changes_energy(helix):
 
 # -- bad inputs ---------------------------------------------------------------
 
+@pytest.mark.parametrize("name", ["hf", "dft", "ase", "ani2x", "test"])
+def test_implicit_solvent_refused_where_the_engine_has_none(name):
+    # silently computing in vacuum would be a wrong result
+    with pytest.raises(EngineError, match="no implicit solvent.*gfn2.*pm7"):
+        make_calculator(EngineSettings(name=name, solvent="water"))
+
+
 @pytest.mark.parametrize("name", ["gfn2", "xtb", "pm7", "hf", "test"])
 def test_odd_electrons_with_singlet_fail_clearly(helix, name):
     symbols, positions = helix

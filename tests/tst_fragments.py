@@ -1,7 +1,8 @@
 """Fragment-based QM restraints: partition, gradient assembly, parallel runs.
 
-Real engine (GFN2-xTB through tblite) on the 94-atom helix a87_99_h.pdb and on
-a slice of 1us0 (symmetry neighbours in P21); the full 1us0 gradient is in
+Real engine (GFN2-xTB through tblite) on the 94-atom helix a87_99_h.pdb, on
+a slice of 1us0 and on all of prepared 1us0 (6.8k atoms, symmetry neighbours
+in P21; one gradient, about 40 s on 2 cores); timings are in
 benchmarks/fragments_scaling.py, not here.
 """
 
@@ -158,6 +159,73 @@ def test_full_1us0_partition_fast_with_symmetry_neighbours(prepared_1us0):
     labels = {part.units[k].label: part.units[k].charge for f in part.fragments
               for k in f.units}
     assert labels["A NDP 318"] == -4 and labels["A LDT 320"] == -1
+
+
+def test_group_units_cut_single_bonds_and_keep_charges(prepared_1us0):
+    from qr_phenix.fragmentation.partition import model_units
+    h, _ = prepared_1us0
+    residues = model_units(h, split_residues=False)
+    groups = model_units(h, split_residues=True)
+    assert sum(u.charge for u in groups) == sum(u.charge for u in residues) == -12
+    n = h.atoms_size()
+    assert np.array_equal(np.sort(np.concatenate([u.atoms for u in groups])), np.arange(n))
+    names = [a.name.strip() for a in h.atoms()]
+    resseq = [a.parent().parent().resseq_as_int() for a in h.atoms()]
+    by_label = {u.label: u for u in groups}
+    # a peptide group: C=O of residue 20 with N-H of residue 21, nothing else
+    peptide = next(u for lab, u in by_label.items() if lab.startswith("A") and
+                   " 20 C + " in lab)
+    assert sorted((resseq[i], names[i]) for i in peptide.atoms) == [
+        (20, "C"), (20, "O"), (21, "H"), (21, "N")]
+    # charges sit on the group that carries them
+    lys = [u for u in groups if " LYS " in u.label and u.charge]
+    assert lys and all(u.label.endswith("side chain") for u in lys)
+    assert by_label["A LDT 320"].charge == -1  # ligands stay whole
+    # every cut bond is a single bond to CA (N-CA, CA-C, CA-CB) or a ligand/metal bond
+    elements = [a.element.strip().capitalize() for a in h.atoms()]
+    sites = np.array(h.atoms().extract_xyz())
+    unit_of = np.empty(n, dtype=int)
+    for k, u in enumerate(groups):
+        unit_of[u.atoms] = k
+    bonds = fast_covalent_bonds(elements, sites)
+    cut = bonds[unit_of[bonds[:, 0]] != unit_of[bonds[:, 1]]]
+    protein = {"N", "CA", "C", "CB", "CD"}  # CD: proline ring to N
+    for i, j in cut:
+        pair = {names[i], names[j]}
+        if names[i] in protein and names[j] in protein:
+            assert "CA" in pair or pair == {"N", "CD"}, pair
+
+
+def test_full_1us0_gradient_finite_for_every_atom(prepared_1us0):
+    """The whole prepared entry with the refinement defaults (groups, core 40,
+    buffer 3.5 A, ALPB water, P21 neighbours) on a 2-process pool."""
+    import iotbx.phil
+    from qr_phenix.fragmentation import fragment_solvent
+    h, cs = prepared_1us0
+    p = iotbx.phil.parse(master_phil_str).extract().fragments
+    sites = np.array(h.atoms().extract_xyz())
+    settings = fragment_solvent(EngineSettings(name="gfn2"), p.solvent)
+    assert settings.solvent == "water"
+    pool = ProcessPoolExecutor(nproc=2, threads_per_worker=1)
+    try:
+        ev = FragmentEvaluator(h, settings, crystal_symmetry=cs, core_size=p.core_size,
+                               buffer_radius=p.buffer_radius, executor=pool)
+        _, g = ev.energy_and_gradient(sites)
+    finally:
+        pool.close()
+    assert g.shape == (h.atoms_size(), 3)
+    assert np.all(np.isfinite(g))
+    norm = np.linalg.norm(g, axis=1)
+    assert np.all(norm > 0)
+    ligands = np.array([a.parent().resname.strip() in ("NDP", "LDT", "CIT")
+                        for a in h.atoms()])
+    assert ligands.sum() > 100
+    # a crystal structure near a minimum: typical forces are small (measured:
+    # median 8, 99th percentile 71 kcal/mol/A).  The largest (~860) are real:
+    # C-terminal Glu 313 was rebuilt by PDBFixer from its N alone (C=O 1.07 A)
+    assert np.median(norm) < 20 and np.percentile(norm, 99) < 150, (
+        np.median(norm), np.percentile(norm, 99))
+    assert len(ev.partition.images) > 0
 
 
 def test_ligand_slice_process_pool_equal_serial(prepared_1us0, tmp_path):

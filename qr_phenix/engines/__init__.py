@@ -23,6 +23,8 @@ class Engine:
     description: str
     _factory: Callable
     _available: Callable
+    #: has an implicit solvent model (EngineSettings.solvent)
+    solvation: bool = False
 
     def factory(self, settings: EngineSettings):
         return self._factory(settings)
@@ -55,17 +57,17 @@ def _tblite_available(settings=None):
 
 ENGINES = OrderedDict((e.name, e) for e in (
     Engine("gfn2", "GFN2-xTB, tblite in-process (default)",
-           _lazy("tblite", "factory", "gfn2"), _tblite_available),
+           _lazy("tblite", "factory", "gfn2"), _tblite_available, True),
     Engine("gfn1", "GFN1-xTB, tblite in-process",
-           _lazy("tblite", "factory", "gfn1"), _tblite_available),
+           _lazy("tblite", "factory", "gfn1"), _tblite_available, True),
     Engine("xtb", "GFN2-xTB, the xtb program",
-           _lazy("xtb_binary", "factory"), _available("xtb_binary")),
+           _lazy("xtb_binary", "factory"), _available("xtb_binary"), True),
     Engine("pm7", "PM7, the MOPAC program (mozyme=True for MOZYME)",
-           _lazy("mopac", "factory", "pm7"), _available("mopac")),
+           _lazy("mopac", "factory", "pm7"), _available("mopac"), True),
     Engine("pm6_d3h4", "PM6-D3H4, the MOPAC program",
-           _lazy("mopac", "factory", "pm6_d3h4"), _available("mopac")),
+           _lazy("mopac", "factory", "pm6_d3h4"), _available("mopac"), True),
     Engine("pm6", "PM6, the MOPAC program",
-           _lazy("mopac", "factory", "pm6"), _available("mopac")),
+           _lazy("mopac", "factory", "pm6"), _available("mopac"), True),
     Engine("hf", "Hartree-Fock (+D3 via dispersion=), PySCF",
            _lazy("pyscf", "factory", "hf"), _available("pyscf")),
     Engine("dft", "Kohn-Sham DFT (xc=, basis=, dispersion=), PySCF",
@@ -101,6 +103,11 @@ def make_calculator(settings: EngineSettings):
     """The ASE calculator for settings.name; EngineUnavailable says how to
     install a missing engine."""
     engine = get_engine(settings.name)
+    if settings.solvent and not engine.solvation:
+        raise EngineError(
+            "engine %s has no implicit solvent model; unset engine_options.solvent"
+            " (implicit solvent: %s)" % (engine.name, ", ".join(
+                e.name for e in ENGINES.values() if e.solvation)))
     ok, reason = engine.available(settings)
     if not ok:
         raise EngineUnavailable("engine %s is not available: %s" % (engine.name, reason))

@@ -46,9 +46,9 @@ HISTORY = 8  # evaluated points kept as anchors for the integrated energy
 class FragmentEvaluator:
 
     def __init__(self, hierarchy, settings: EngineSettings, crystal_symmetry=None,
-                 core_size=60, buffer_radius=4.0, rebuild_displacement=1.0,
+                 core_size=40, buffer_radius=3.5, rebuild_displacement=1.0,
                  include_symmetry=True, energy_mode="integrated", executor=None,
-                 library_bonds=(), log=None):
+                 library_bonds=(), split_residues=True, log=None):
         if energy_mode not in ("integrated", "fragment_sum"):
             raise ValueError("energy_mode must be integrated or fragment_sum")
         self.hierarchy = hierarchy
@@ -62,7 +62,7 @@ class FragmentEvaluator:
         self.executor = executor if executor is not None else SerialExecutor()
         self.library_bonds = list(library_bonds)
         self.log = log
-        self.units = model_units(hierarchy, log=log)
+        self.units = model_units(hierarchy, log=log, split_residues=split_residues)
         self.n_atoms = hierarchy.atoms_size()
         self.partition = None
         # worker calculator caches are keyed by (evaluator, generation, fragment)

@@ -44,7 +44,7 @@ class FragmentJob:
 
 
 _CALCULATORS = collections.OrderedDict()
-_CACHE_SIZE = 256
+_CACHE_SIZE = 1024
 
 
 def _set_thread_environment(threads):
@@ -176,7 +176,9 @@ class ProcessPoolExecutor:
         results = [None] * len(jobs)
         attempts = [0] * len(jobs)
         errors = {}
-        pending = list(range(len(jobs)))
+        # largest fragments first: the pool then ends with small jobs and its
+        # workers finish together (longest-processing-time-first scheduling)
+        pending = sorted(range(len(jobs)), key=lambda k: -len(jobs[k].symbols))
         while pending:
             if self._pool is None:
                 self._pool = self._new_pool()
@@ -250,7 +252,9 @@ class DaskExecutor:
         # pure=False: the same positions must be recomputed after a failure;
         # retries covers exceptions, and the scheduler itself re-runs tasks of
         # a worker that died (up to distributed.scheduler.allowed-failures)
-        futures = self.client.map(run_job, jobs, pure=False, retries=self.retries)
+        # priority = size: large fragments start first, as in the process pool
+        futures = [self.client.submit(run_job, j, pure=False, retries=self.retries,
+                                      priority=len(j.symbols)) for j in jobs]
         try:
             return self.client.gather(futures)
         except distributed.client.FutureCancelledError as e:

@@ -1,11 +1,14 @@
-"""Split a model into QM fragments: a core of residues plus a buffer around it.
+"""Split a model into QM fragments: a core of units plus a buffer around it.
 
-Every atom is *core* in exactly one fragment, and its gradient is taken from
-that fragment.  A fragment is its core residues plus every residue (whole)
-with an atom within `buffer_radius` of a core atom; bonds cut at the buffer
-edge are capped with hydrogen by `qr_phenix.qm_region.build_region`.
+Units are chemical groups (amino acids cut at N-CA, CA-C and CA-CB into an
+N-H/C=O peptide group, CA and side chain; ligands, waters and ions whole) or,
+with split_residues=False, whole residues.  Every atom is *core* in exactly
+one fragment, and its gradient is taken from that fragment.  A fragment is its
+core units plus every unit with a heavy atom within `buffer_radius` of a core
+heavy atom; bonds cut at the buffer edge are capped with hydrogen by
+`qr_phenix.qm_region.build_region`.
 
-Cores are made by recursive coordinate bisection of residue centres
+Cores are made by recursive coordinate bisection of unit centres
 (weighted by atom count) until each part holds at most `core_size` atoms:
 compact, deterministic, O(N log N).  Neighbour searches use scipy's k-d tree,
 so setting up a 5000-atom model takes about a second and grows linearly.
@@ -137,8 +140,9 @@ def fast_covalent_bonds(elements, sites, extra_pairs=()):
 
 # --- residues and charges ---------------------------------------------------------------
 
-def model_units(hierarchy, log=None):
-    """Residue units with their formal charges.
+def model_units(hierarchy, log=None, split_residues=False):
+    """Units with their formal charges: residues, or with `split_residues`
+    amino acids cut into chemical groups (see `_amino_acid_groups`).
 
     Polymer residues, waters and ions: qr_phenix.chemistry.residue_charge
     (protonation read from the hydrogens present).  Ligands it has no rule
@@ -152,16 +156,71 @@ def model_units(hierarchy, log=None):
     context = [r for r in residues if r.resname in chemistry.AMINO_ACIDS
                or (r.resname in chemistry.ION_CHARGES and len(r.names) == 1)]
     units, assumed = [], []
+    open_carbonyl = None   # (unit index, C position) of the previous residue's C=O
     for r in residues:
         rc = chemistry.residue_charge(r, context)
         if rc is None:
             assumed.append(r.label)
         q = 0 if rc is None else rc.charge
-        units.append(Unit(label=r.label, atoms=np.array(r.i_seqs, dtype=int), charge=int(q)))
+        groups = _amino_acid_groups(r) if split_residues else None
+        if groups is None:
+            units.append(Unit(label=r.label, atoms=np.array(r.i_seqs, dtype=int), charge=int(q)))
+            open_carbonyl = None
+            continue
+        ids = np.array(r.i_seqs, dtype=int)
+        n_xyz = r.atom("N")
+        if open_carbonyl is not None and np.linalg.norm(open_carbonyl[1] - n_xyz) < 1.8:
+            # peptide group: C=O of the previous residue with this N-H
+            k = open_carbonyl[0]
+            units[k].atoms = np.concatenate([units[k].atoms, ids[groups["n"]]])
+            units[k].label += " + %s N" % r.label
+        else:
+            units.append(Unit(label=r.label + " N", atoms=ids[groups["n"]],
+                              charge=rc.parts.get("n_terminus", 0)))
+        units.append(Unit(label=r.label + " CA", atoms=ids[groups["ca"]], charge=0))
+        if groups["side"]:
+            units.append(Unit(label=r.label + " side chain", atoms=ids[groups["side"]],
+                              charge=rc.parts.get("side_chain", 0)))
+        units.append(Unit(label=r.label + " C", atoms=ids[groups["c"]],
+                          charge=rc.parts.get("c_terminus", 0)))
+        open_carbonyl = (len(units) - 1, r.atom("C"))
     if assumed and log is not None:
         print("  fragments: no charge rule or charge column for %s: taken as neutral"
               % ", ".join(assumed[:10]) + (" ..." if len(assumed) > 10 else ""), file=log)
     return units
+
+
+#: backbone atoms of the groups an amino acid is cut into (hydrogens follow
+#: the heavy atom they sit on)
+_N_GROUP = {"N"}
+_CA_GROUP = {"CA"}
+_C_GROUP = {"C", "O", "OXT"}
+
+
+def _amino_acid_groups(res):
+    """Local indices of an amino acid's groups: "n" (N and its H), "ca" (CA and
+    its H), "c" (C, O, OXT and their H) and "side" (the rest).  The cuts fall
+    on the single bonds N-CA, CA-C and CA-CB, which an H cap models well;
+    the peptide C-N bond is never cut (the caller joins C=O with the next N-H).
+    None when the residue is not a complete amino acid backbone."""
+    if res.resname not in chemistry.AMINO_ACIDS or any(
+            res.atom(a) is None for a in ("N", "CA", "C", "O")):
+        return None
+    heavy = [k for k, e in enumerate(res.elements) if e not in ("H", "D")]
+    hvy_xyz = res.xyz[heavy]
+    owner = {}
+    for k, e in enumerate(res.elements):
+        if e in ("H", "D"):
+            owner[k] = heavy[int(np.argmin(np.linalg.norm(hvy_xyz - res.xyz[k], axis=1)))]
+        else:
+            owner[k] = k
+    groups = {"n": [], "ca": [], "c": [], "side": []}
+    for k in range(len(res.names)):
+        name = res.names[owner[k]]
+        key = ("n" if name in _N_GROUP else "ca" if name in _CA_GROUP
+               else "c" if name in _C_GROUP else "side")
+        groups[key].append(k)
+    return groups
 
 
 # --- crystal symmetry images --------------------------------------------------------------
@@ -277,16 +336,16 @@ def bisect_cores(centres, weights, core_size):
 
 # --- the partition -------------------------------------------------------------------------
 
-def build_partition(hierarchy, sites, crystal_symmetry=None, core_size=60,
-                    buffer_radius=4.0, include_symmetry=True, library_bonds=(),
-                    units=None, log=None):
+def build_partition(hierarchy, sites, crystal_symmetry=None, core_size=40,
+                    buffer_radius=3.5, include_symmetry=True, library_bonds=(),
+                    units=None, split_residues=True, log=None):
     """Partition for the model at `sites` (n, 3): cores, buffers, caps, charges."""
     t0 = time.perf_counter()
     sites = np.asarray(sites, dtype=float).reshape(-1, 3)
     n = len(sites)
     elements = [chemistry._element(a) for a in hierarchy.atoms()]
     if units is None:
-        units = model_units(hierarchy, log=log)
+        units = model_units(hierarchy, log=log, split_residues=split_residues)
     units = list(units)
     covered = np.zeros(n, dtype=int)
     for u in units:
@@ -337,15 +396,20 @@ def build_partition(hierarchy, sites, crystal_symmetry=None, core_size=60,
     centres = np.array([sites[u.atoms].mean(axis=0) for u in units])
     weights = np.array([len(u.atoms) for u in units], dtype=float)
     core_sets = bisect_cores(centres, weights, core_size)
-    tree = cKDTree(ext_sites)
     z = np.array([atomic_numbers.get(e, 0) for e in ext_elements])
+    # buffers by heavy-atom distance: hydrogens follow their heavy atom, and
+    # H...H contacts would otherwise widen every buffer by about 1 A
+    heavy_ext = np.flatnonzero(z > 1)
+    tree = cKDTree(ext_sites[heavy_ext])
     fragments = []
     for fi, core_units in enumerate(core_sets):
         core_units = np.sort(core_units)
         core = np.concatenate([units[k].atoms for k in core_units])
         if buffer_radius > 0:
-            near = tree.query_ball_point(sites[core], r=buffer_radius)
-            near = np.unique(np.concatenate([np.asarray(x, dtype=int) for x in near]))
+            core_heavy = core[z[core] > 1]
+            near = tree.query_ball_point(sites[core_heavy], r=buffer_radius)
+            near = heavy_ext[np.unique(np.concatenate(
+                [np.asarray(x, dtype=int) for x in near] + [np.zeros(0, dtype=int)]))]
             frag_units = np.union1d(core_units, unit_of[near])
         else:
             frag_units = core_units

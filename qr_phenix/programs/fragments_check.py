@@ -40,6 +40,7 @@ Usage:
             raise Sorry("parallel.nproc and parallel.threads_per_worker must be >= 1.")
 
     def run(self):
+        from qr_phenix.fragmentation import fragment_solvent
         from qr_phenix.fragmentation.parallel import make_executor
         from qr_phenix.restraints_manager import engine_settings_from_params
         model = self.data_manager.get_model()
@@ -49,6 +50,7 @@ Usage:
                         " before checking fragments.")
         p = self.params.fragments_check
         settings = engine_settings_from_params(self.params, 0, 1)
+        settings = fragment_solvent(settings, self.params.fragments_check.solvent, self.logger)
         executor = make_executor(self.params.parallel, log=self.logger)
         try:
             self.result = fragments_check.check_fragments(
