@@ -246,3 +246,44 @@ def test_existing_outputs_are_not_overwritten(start_pdb, tmp_path):
 def test_unknown_parameter_is_refused(start_pdb, tmp_path):
     with pytest.raises(Sorry):
         refine(start_pdb, "refinement.macro_cylces=3", "output.prefix=%s" % (tmp_path / "x"))
+
+
+def _scripted_refinement(model, limits, r_work=0.20, r_free=0.22):
+    """A MacroCycleRefinement whose minimiser moves nothing and whose R factors
+    are given: only the driver's weight rules act."""
+    from types import SimpleNamespace
+    from qr_phenix.refinement import statistics as stats_mod
+    from qr_phenix.refinement.driver import MacroCycleRefinement
+
+    class Scripted(MacroCycleRefinement):
+        def minimise(self, scale):
+            pass
+
+        def measure(self, cycle):
+            return stats_mod.CycleStats(cycle=cycle, r_work=r_work, r_free=r_free)
+
+    params = SimpleNamespace(macro_cycles=8, max_iterations=1, weight_trials=[1.0],
+                             r_tolerance=-1.0, shift_tolerance=-1.0)
+    return Scripted(model, params, limits, quantum=False, log=null_out())
+
+
+def test_driver_doubles_data_weight_when_geometry_is_well_inside_limits(helix_pdb):
+    from qr_phenix.monomer_library import process_model
+    from qr_phenix.refinement import driver
+    from qr_phenix.refinement.weights import Limits
+    model = process_model(helix_pdb)
+    bonds, _ = driver.stats_mod.HeavyAtomGeometry(model)(model.get_sites_cart())
+    # geometry far inside the limits and a sane gap: data x2, at most MAX_RAISE_STEPS times
+    loose = Limits(bond_rmsd=bonds / 0.3, angle_rmsd=90.0, gap=0.05)
+    result = _scripted_refinement(model, loose).run()
+    weights = [c.weight for c in result.cycles]
+    assert weights[:driver.MAX_RAISE_STEPS + 2] == [1, 2, 4, 8, 8][:driver.MAX_RAISE_STEPS + 2]
+    assert result.raise_steps == driver.MAX_RAISE_STEPS
+    # a gap over the limit: the data weight stays
+    result = _scripted_refinement(model, loose, r_free=0.30).run()
+    assert {c.weight for c in result.cycles} == {1.0}
+    # bonds over the limit: restraints x2, at most MAX_SAFETY_STEPS times
+    tight = Limits(bond_rmsd=bonds / 2, angle_rmsd=90.0, gap=0.05)
+    result = _scripted_refinement(model, tight).run()
+    assert [c.weight for c in result.cycles][:4] == [1, 0.5, 0.25, 0.25]
+    assert result.safety_steps == driver.MAX_SAFETY_STEPS
