@@ -1,6 +1,6 @@
 """Accuracy and cost of fragment-assembled QM gradients against whole-model QM.
 
-    python -m qr_phenix.fragments_check model.pdb [engine=gfn2] [sizes=20:3,30:4,40:5]
+    python -m qr_phenix.fragments_check model.pdb [engine=gfn2] [sizes=30:3.5,40:3.5,60:4]
 
 computes the whole-model gradient once, then for every (core_size,
 buffer_radius) pair the fragment-assembled gradient
@@ -44,7 +44,7 @@ def _master_phil_str():
 fragments_check
   .short_caption = Fragment accuracy check
 {
-  sizes = "20:3,30:4,40:5"
+  sizes = "30:3.5,40:3.5,60:4"
     .type = str
     .help = "Comma-separated core_size:buffer_radius pairs (atoms:A) to test"
     .short_caption = Settings (core:buffer)

@@ -208,18 +208,21 @@ class MacroCycleRefinement:
             s.cycle = cycle
             s.weight = result.scale if self.uses_data else None
             s.seconds = time.perf_counter() - t0
-            # the study's safety rule: restraints x2 while heavy-atom bonds are
-            # over the limit (only when the weight is the program's to choose).
+            # the study's safety rule: restraints x2 while heavy-atom bonds (and,
+            # as phenix.refine judges, angles) are over the limit (only when the
+            # weight is the program's to choose).
             # At most MAX_SAFETY_STEPS times: a QM minimum can itself sit near
             # the library limit (PM7 ~0.025 A), and halving without end then
             # switched the data off (1us0 benchmark: scale 6e-5, R-free 0.33).
             adaptive = self.uses_data and fixed_scale is None and cycle < n_cycles
-            if (adaptive and s.bond_rmsd > self.limits.bond_rmsd
-                    and result.safety_steps < MAX_SAFETY_STEPS):
+            over = [what for what, value, limit in (
+                ("bonds", s.bond_rmsd, self.limits.bond_rmsd),
+                ("angles", s.angle_rmsd, self.limits.angle_rmsd)) if value > limit]
+            if adaptive and over and result.safety_steps < MAX_SAFETY_STEPS:
                 result.safety_steps += 1
                 result.scale /= 2
                 s.note = (s.note + "; " if s.note else "") + \
-                    "bonds over %.3f: restraints x2 next cycle" % self.limits.bond_rmsd
+                    "%s over limit: restraints x2 next cycle" % " and ".join(over)
             elif (adaptive and result.raise_steps < MAX_RAISE_STEPS
                   and s.bond_rmsd < RAISE_BELOW_FRACTION * self.limits.bond_rmsd
                   and s.angle_rmsd <= self.limits.angle_rmsd
