@@ -36,6 +36,7 @@ import numpy as np  # noqa: E402
 import iotbx.pdb  # noqa: E402
 
 from qr_phenix.engines.base import EngineSettings  # noqa: E402
+from qr_phenix.fragmentation import fragment_solvent  # noqa: E402
 from qr_phenix.fragmentation.evaluator import FragmentEvaluator  # noqa: E402
 from qr_phenix.fragmentation.parallel import ProcessPoolExecutor, SerialExecutor  # noqa: E402
 
@@ -64,7 +65,9 @@ def translated_copies(hierarchy, n_copies):
 
 
 def evaluator(hierarchy, cs, core, buffer, executor=None):
-    return FragmentEvaluator(hierarchy, EngineSettings(name="gfn2"), crystal_symmetry=cs,
+    # the refinement default: implicit water for every fragment
+    settings = fragment_solvent(EngineSettings(name="gfn2"), "water", log=None)
+    return FragmentEvaluator(hierarchy, settings, crystal_symmetry=cs,
                              core_size=core, buffer_radius=buffer,
                              include_symmetry=cs is not None, executor=executor)
 
@@ -127,8 +130,8 @@ def main(argv=None):
         return
 
     core, buffer = parse_pairs(args.setting)[0]
-    print("\n## One GFN2 gradient, all fragments computed, core %d / buffer %.1f A"
-          % (core, buffer), file=out)
+    print("\n## One GFN2 gradient (ALPB water), all fragments computed, core %d /"
+          " buffer %.1f A" % (core, buffer), file=out)
     print("cold: first gradient (fresh calculators); warm: the next gradient after a"
           " 0.02 A rms move (calculators restart from the previous wavefunction)",
           file=out)

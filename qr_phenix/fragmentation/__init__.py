@@ -119,12 +119,12 @@ def fragment_solvent(settings, solvent, log=sys.stdout):
     from qr_phenix.engines import get_engine
     if settings.solvent or solvent is None or str(solvent).lower() == "none":
         return settings
-    if not get_engine(settings.name).solvation:
-        print("  fragments: engine %s has no implicit solvent; fragments in vacuum"
-              % settings.name, file=log)
-        return settings
-    print("  fragments: implicit solvent %s (fragments.solvent)" % solvent, file=log)
-    return replace(settings, solvent=str(solvent))
+    supported = get_engine(settings.name).solvation
+    if log is not None:
+        print("  fragments: %s" % ("implicit solvent %s (fragments.solvent)" % solvent
+                                   if supported else "engine %s has no implicit solvent;"
+                                   " fragments in vacuum" % settings.name), file=log)
+    return replace(settings, solvent=str(solvent)) if supported else settings
 
 
 def build_fragment_evaluator(model, qm_params, fragment_params, parallel_params,
