@@ -1,6 +1,6 @@
 """Fragment-based QM restraints for large models.
 
-partition.py  cores (residue clusters), buffers, caps, charges, symmetry images
+partition.py  cores (clusters of chemical groups), buffers, caps, charges, symmetry images
 evaluator.py  FragmentEvaluator: the restraints manager's evaluator contract
 parallel.py   serial / process pool / Dask execution with retries
 
