@@ -31,6 +31,7 @@ import hashlib
 
 import numpy as np
 import iotbx.phil
+from scipy.spatial import cKDTree
 from libtbx.utils import Sorry
 from scitbx.array_family import flex
 
@@ -54,7 +55,6 @@ WALL_FORCE_CONSTANT = 2000.0   # kcal/mol/A^2
 def contact_wall(sites, atoms=None):
     """Wall energy (kcal/mol), gradient (n, 3) and the shortest pair found
     (i, j, d) among `atoms` (all when None) closer than CONTACT_WALL."""
-    from scipy.spatial import cKDTree
     idx = np.arange(len(sites)) if atoms is None else np.asarray(atoms)
     gradient = np.zeros_like(sites)
     pairs = cKDTree(sites[idx]).query_pairs(CONTACT_WALL, output_type="ndarray")

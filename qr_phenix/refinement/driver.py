@@ -221,16 +221,14 @@ class MacroCycleRefinement:
             if adaptive and over and result.safety_steps < MAX_SAFETY_STEPS:
                 result.safety_steps += 1
                 result.scale /= 2
-                s.note = (s.note + "; " if s.note else "") + \
-                    "%s over limit: restraints x2 next cycle" % " and ".join(over)
+                s.add_note("%s over limit: restraints x2 next cycle" % " and ".join(over))
             elif (adaptive and result.raise_steps < MAX_RAISE_STEPS
                   and s.bond_rmsd < RAISE_BELOW_FRACTION * self.limits.bond_rmsd
                   and s.angle_rmsd <= self.limits.angle_rmsd
                   and (s.gap is None or s.gap <= self.limits.gap)):
                 result.raise_steps += 1
                 result.scale *= 2
-                s.note = (s.note + "; " if s.note else "") + \
-                    "geometry well inside limits: data x2 next cycle"
+                s.add_note("geometry well inside limits: data x2 next cycle")
             self._print(s)
             result.cycles.append(s)
             shift = np.abs(np.array(self.get_sites()) - previous_sites).max() if len(

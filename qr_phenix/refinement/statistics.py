@@ -69,6 +69,9 @@ class CycleStats(WithGap):
     seconds: float = 0.0
     note: str = ""
 
+    def add_note(self, text):
+        self.note = "%s; %s" % (self.note, text) if self.note else text
+
 
 HEADER = ("cycle  R-work  R-free    gap   bonds  angles   map CC  E_restr(kcal/mol)"
           "    weight  calls  t_engine  t_total")
