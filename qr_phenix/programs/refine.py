@@ -11,6 +11,7 @@ from scitbx.array_family import flex
 import qr_phenix
 from qr_phenix import fragmentation
 from qr_phenix import restraints_manager as qm_rm
+from qr_phenix.refinement import adp as adp_mod
 from qr_phenix.refinement import weights as weights_mod
 from qr_phenix.refinement.statistics import engine_counters
 from qr_phenix.refinement.checkpoint import Checkpoint, atomic_write, atomic_write_json, fingerprint
@@ -47,6 +48,7 @@ refinement
     .type = float
     .help = "...and no atom moves more than this (A) in a macro-cycle"
 %s
+%s
 }
 output
   .short_caption = Output
@@ -60,7 +62,7 @@ output
     .type = bool
     .help = "Continue from <prefix>.checkpoint.json after an interruption"
 }
-""" % weights_mod.master_phil_str
+""" % (weights_mod.master_phil_str, adp_mod.master_phil_str)
 
 
 class Program(ProgramTemplate):
@@ -257,7 +259,15 @@ Outputs <prefix>.pdb, .cif, .log, .json; a checkpoint after every macro-cycle
         limits = weights_mod.limits_for(d_min, r, quantum, p.qm_restraints.engine)
         if self.mode == "xray":
             from qr_phenix.refinement.xray import XrayRefinement
-            ref = XrayRefinement(model, fmodel, r, limits, quantum, **kwargs)
+            n_work = fmodel.r_free_flags().data().count(False)
+            n_heavy = (~model.get_hd_selection()).count(True)
+            self.adp_mode = adp_mod.resolve_mode(r.adp, n_work, n_heavy)
+            print("ADP refinement: %s (%d work reflections, %d non-H atoms)%s" % (
+                self.adp_mode, n_work, n_heavy,
+                " twin law %s" % fmodel.twin_law_str if fmodel.twin_law_str else ""),
+                file=log)
+            ref = XrayRefinement(model, fmodel, r, limits, quantum, adp_mode=self.adp_mode,
+                                 **kwargs)
         elif self.mode == "real_space":
             from qr_phenix.refinement.real_space import RealSpaceRefinement
             ref = RealSpaceRefinement(model, self.mmm, r.resolution, r, limits, quantum,
@@ -274,7 +284,7 @@ Outputs <prefix>.pdb, .cif, .log, .json; a checkpoint after every macro-cycle
         free-R flags (with its messages when ambiguous); the fmodel is then
         rebuilt on the model's own xray structure, which mmtbx's minimiser
         and the restraints share."""
-        import mmtbx.f_model
+        import mmtbx.utils
         dm = self.data_manager
         table = self.params.refinement.scattering_table
         try:
@@ -300,8 +310,12 @@ Outputs <prefix>.pdb, .cif, .log, .json; a checkpoint after every macro-cycle
                         " flag convention is probably inverted. Set the flag value with"
                         " data_manager.fmodel.xray_data.r_free_flags.test_flag_value.")
         model.setup_scattering_dictionaries(scattering_table=table, d_min=f_obs.d_min())
-        return mmtbx.f_model.manager(f_obs=f_obs, r_free_flags=flags,
-                                     xray_structure=model.get_xray_structure())
+        # the twin law and mask parameters the DataManager chose travel with it
+        return mmtbx.utils.fmodel_manager2(
+            f_obs=f_obs, r_free_flags=flags, abcd=None,
+            xray_structure=model.get_xray_structure(), twin_law=probe.twin_law_str,
+            ignore_r_free_flags=False, mask_params=probe.mask_params,
+            sf_accuracy_params=None)
 
     def _show_data(self, fmodel, log):
         f = fmodel.f_obs()
@@ -322,6 +336,10 @@ Outputs <prefix>.pdb, .cif, .log, .json; a checkpoint after every macro-cycle
         # hierarchy writers: model_as_pdb() would compute validation statistics
         # that need rotamer data cctbx-base does not ship
         hierarchy = out.get_hierarchy().deep_copy()
+        if self.mode == "xray":   # refined B live in the xray structure
+            from cctbx import adptbx
+            hierarchy.atoms().set_b(
+                model.get_xray_structure().extract_u_iso_or_u_equiv() * adptbx.u_as_b(1.))
         if out.shift_cart() is not None:
             out._shift_back(hierarchy)
         cs = out.unit_cell_crystal_symmetry() or out.crystal_symmetry()
@@ -332,14 +350,17 @@ Outputs <prefix>.pdb, .cif, .log, .json; a checkpoint after every macro-cycle
         calls, seconds = engine_counters(model)
         wall = time.perf_counter() - t_start
         s, f = result.start, result.final
-        print("\nFinal (start -> end):", file=log)
+        print("\nFinal (start -> model handed back, %s):" % (
+            "start" if result.selected == 0 else "cycle %d" % result.selected), file=log)
         for key, label, fmt in (("r_work", "R-work", "%.4f"), ("r_free", "R-free", "%.4f"),
                                 ("gap", "R-free - R-work", "%.4f"),
                                 ("map_cc", "map CC (mask)", "%.4f"),
                                 ("bond_rmsd", "bonds rmsd (non-H)", "%.4f"),
-                                ("angle_rmsd", "angles rmsd (non-H)", "%.2f")):
+                                ("angle_rmsd", "angles rmsd (non-H)", "%.2f"),
+                                ("mean_b", "mean B (A^2)", "%.1f"),
+                                ("clashscore", "clashscore", "%.2f")):
             a, b = s.as_dict()[key], f.as_dict()[key]
-            if a is None:
+            if a is None or b is None:
                 continue
             print("  %-20s %s -> %s" % (label, fmt % a, fmt % b), file=log)
         if quantum:
@@ -361,6 +382,9 @@ Outputs <prefix>.pdb, .cif, .log, .json; a checkpoint after every macro-cycle
             "weight": {"scale": result.scale, "trials": [t.as_dict() for t in result.trials],
                        "limits": vars(result.limits) if result.limits else None},
             "converged": result.converged,
+            "selected_cycle": result.selected,
+            "selection": result.selection_note,
+            "adp": getattr(self, "adp_mode", None),
             "wall_seconds": wall,
             "outputs": {"pdb": os.path.abspath(prefix + ".pdb"),
                         "cif": os.path.abspath(prefix + ".cif"),

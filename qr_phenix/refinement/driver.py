@@ -14,6 +14,7 @@ from typing import List, Optional
 import numpy as np
 import scitbx.lbfgs
 
+from qr_phenix.refinement import best_model
 from qr_phenix.refinement import statistics as stats_mod
 from qr_phenix.refinement import weights as weights_mod
 
@@ -28,6 +29,7 @@ def termination(max_iterations):
 
 
 MAX_SAFETY_STEPS = 2
+MAX_EXTRA_TRIALS = 6       # weight search toward stronger restraints: down to scale/64
 # The weight chosen by trials from a far-off start is often too cautious later:
 # the start's transient distortions make every strong data weight look
 # over-fitted.  As the original Q|R did, the data weight is doubled when a
@@ -46,10 +48,19 @@ class RefinementResult:
     converged: bool = False
     safety_steps: int = 0
     raise_steps: int = 0
+    selected: Optional[int] = None      # cycle handed back (0 = the start model)
+    selection_note: str = ""
+
+    @property
+    def last(self):
+        return self.cycles[-1] if self.cycles else self.start
 
     @property
     def final(self):
-        return self.cycles[-1] if self.cycles else self.start
+        """Statistics of the model handed back (see best_model)."""
+        if self.selected is None:
+            return self.last
+        return ([self.start] + self.cycles)[self.selected]
 
 
 class MacroCycleRefinement:
@@ -60,7 +71,7 @@ class MacroCycleRefinement:
     score = "r_free"   # trial score: "r_free" or "map_cc"
 
     def __init__(self, model, params, limits, quantum, log=sys.stdout, checkpoint=None,
-                 checkpoint_state=None):
+                 checkpoint_state=None, validator=None):
         self.model = model
         self.params = params          # the `refinement` PHIL extract
         self.limits = limits
@@ -68,6 +79,7 @@ class MacroCycleRefinement:
         self.log = log
         self.checkpoint = checkpoint
         self.checkpoint_state = checkpoint_state or {}
+        self.validator = validator    # callable(model, stats): clashscore, H-bonds
         self.geometry = stats_mod.HeavyAtomGeometry(model)
         self._reference_ratio = self.checkpoint_state.get("reference_ratio")
 
@@ -101,6 +113,13 @@ class MacroCycleRefinement:
     # -- shared -------------------------------------------------------------
     def get_sites(self):
         return self.model.get_sites_cart().deep_copy()
+
+    def get_state(self):
+        """What a candidate model is: coordinates (X-ray adds B-factors)."""
+        return {"sites": np.array(self.get_sites()).round(6).tolist()}
+
+    def set_state(self, state):
+        self.set_sites(state["sites"])
 
     def set_sites(self, sites):
         from scitbx.array_family import flex
@@ -137,7 +156,7 @@ class MacroCycleRefinement:
         print("", file=self.log)
 
     def _trial(self, scale, start, cycle):
-        self.set_sites(start)
+        self.set_state(start)
         self.minimise(scale)
         s = self.measure(cycle)
         bond, angle = self.geometry(self.model.get_sites_cart())
@@ -145,27 +164,54 @@ class MacroCycleRefinement:
                                  bond_rmsd=bond, angle_rmsd=angle, map_cc=s.map_cc)
 
     def _run_trials(self, scales, cycle):
-        start = self.get_sites()
-        trials, sites = [], []
+        """Refine from the same start with each scale and keep the chosen one.
+        While no trial meets the limits, the search goes on toward stronger
+        restraints (halving the smallest scale), as phenix.refine's weight
+        optimisation does, up to MAX_EXTRA_TRIALS more trials."""
+        start = self.get_state()
+        trials, states = [], []
         t0 = time.perf_counter()
         calls0, seconds0 = stats_mod.engine_counters(self.model)
         for scale in scales:
             trials.append(self._trial(scale, start, cycle))
-            sites.append(self.get_sites())
+            states.append(self.get_state())
         best = weights_mod.choose(trials, self.limits, score=self.score)
-        # every trial over the geometry limits: try up to two weaker data weights
-        for _ in range(2):
-            if not best.verdict.startswith("chosen: no trial"):
+        for _ in range(MAX_EXTRA_TRIALS):
+            if weights_mod.meets_limits(best, self.limits, self.score):
                 break
             trials.append(self._trial(min(t.scale for t in trials) / 2, start, cycle))
-            sites.append(self.get_sites())
+            states.append(self.get_state())
             best = weights_mod.choose(trials, self.limits, score=self.score)
         self._trial_verdicts(trials)
-        self.set_sites(sites[trials.index(best)])
+        self.set_state(states[trials.index(best)])
         s = self._fill_common(self.measure(cycle), t0, calls0, seconds0)
         s.weight = best.scale
         s.note = "weight from %d trials" % len(trials)
         return best.scale, trials, s
+
+    def trial_scales(self, cycle, scale):
+        """The full list in the first cycle; around the current weight later
+        (weight_search=every), so the weight follows the model as it improves."""
+        if scale is None:
+            return list(self.params.weight_trials)
+        return [scale / 2, scale, scale * 2]
+
+    def searches_every_cycle(self):
+        mode = self.params.weight_search
+        if mode == "auto":
+            return not self.quantum     # trials cost a minimisation each
+        return mode == "every"
+
+    def before_first_cycle(self):
+        """Hook before the first coordinate step (X-ray: fit B to the data, so
+        coordinates do not compensate for B of another refinement)."""
+
+    def after_sites(self, cycle, stats):
+        """Hook after the coordinate step of a cycle (X-ray: ADP refinement)."""
+
+    def validate(self, stats):
+        if self.validator is not None:
+            self.validator(self.model, stats)
 
     def run(self, fixed_scale=None):
         p = self.params
@@ -178,6 +224,9 @@ class MacroCycleRefinement:
                 scale=resumed["scale"], limits=self.limits,
                 safety_steps=resumed.get("safety_steps", 0),
                 raise_steps=resumed.get("raise_steps", 0))
+            self._start_state = resumed["start_state"]
+            self._best = (resumed["best_index"], resumed["best_state"])
+            self.set_state(resumed["state"])
             print("Resuming after cycle %d (weight scale %g)" % (
                 len(result.cycles), result.scale), file=self.log)
             print(stats_mod.HEADER, file=self.log)
@@ -187,7 +236,10 @@ class MacroCycleRefinement:
             t0 = time.perf_counter()
             start = self._fill_common(self.measure("start"), t0, 0, 0.0)
             start.cycle = 0
+            self.validate(start)
             result = RefinementResult(start=start, scale=fixed_scale, limits=self.limits)
+            self._start_state = self.get_state()
+            self._best = (0, self._start_state)
             print(stats_mod.HEADER, file=self.log)
             self._print(start)
         n_cycles = p.macro_cycles if self.uses_data or p.macro_cycles else 1
@@ -195,42 +247,32 @@ class MacroCycleRefinement:
             t0 = time.perf_counter()
             calls0, seconds0 = stats_mod.engine_counters(self.model)
             previous_sites = np.array(self.get_sites())
-            if result.scale is None:
-                if self.uses_data:
-                    result.scale, result.trials, s = self._run_trials(p.weight_trials, cycle)
-                else:
-                    result.scale = 1.0
-                    self.minimise(1.0)
-                    s = self._fill_common(self.measure(cycle), t0, calls0, seconds0)
+            if cycle == 1:
+                self.before_first_cycle()
+            searching = self.uses_data and fixed_scale is None and (
+                result.scale is None or self.searches_every_cycle())
+            if searching:
+                result.scale, trials, s = self._run_trials(
+                    self.trial_scales(cycle, result.scale), cycle)
+                result.trials.extend(trials)
+            elif result.scale is None:
+                result.scale = 1.0
+                self.minimise(1.0)
+                s = self._fill_common(self.measure(cycle), t0, calls0, seconds0)
             else:
                 self.minimise(result.scale)
                 s = self._fill_common(self.measure(cycle), t0, calls0, seconds0)
             s.cycle = cycle
             s.weight = result.scale if self.uses_data else None
+            self.after_sites(cycle, s)
+            self._fill_common(s, t0, calls0, seconds0)
+            self.validate(s)
             s.seconds = time.perf_counter() - t0
-            # the study's safety rule: restraints x2 while heavy-atom bonds (and,
-            # as phenix.refine judges, angles) are over the limit (only when the
-            # weight is the program's to choose).
-            # At most MAX_SAFETY_STEPS times: a QM minimum can itself sit near
-            # the library limit (PM7 ~0.025 A), and halving without end then
-            # switched the data off (1us0 benchmark: scale 6e-5, R-free 0.33).
-            adaptive = self.uses_data and fixed_scale is None and cycle < n_cycles
-            over = [what for what, value, limit in (
-                ("bonds", s.bond_rmsd, self.limits.bond_rmsd),
-                ("angles", s.angle_rmsd, self.limits.angle_rmsd)) if value > limit]
-            if adaptive and over and result.safety_steps < MAX_SAFETY_STEPS:
-                result.safety_steps += 1
-                result.scale /= 2
-                s.add_note("%s over limit: restraints x2 next cycle" % " and ".join(over))
-            elif (adaptive and result.raise_steps < MAX_RAISE_STEPS
-                  and s.bond_rmsd < RAISE_BELOW_FRACTION * self.limits.bond_rmsd
-                  and s.angle_rmsd <= self.limits.angle_rmsd
-                  and (s.gap is None or s.gap <= self.limits.gap)):
-                result.raise_steps += 1
-                result.scale *= 2
-                s.add_note("geometry well inside limits: data x2 next cycle")
+            if self.uses_data and fixed_scale is None and not searching and cycle < n_cycles:
+                self._adapt_weight(result, s)
             self._print(s)
             result.cycles.append(s)
+            self._keep_best(result)
             shift = np.abs(np.array(self.get_sites()) - previous_sites).max() if len(
                 previous_sites) else 0.0
             if self.checkpoint is not None:
@@ -240,14 +282,58 @@ class MacroCycleRefinement:
                                           scale=result.scale,
                                           safety_steps=result.safety_steps,
                                           raise_steps=result.raise_steps,
-                                          reference_ratio=self._reference_ratio),
+                                          reference_ratio=self._reference_ratio,
+                                          start_state=self._start_state,
+                                          best_index=self._best[0],
+                                          best_state=self._best[1],
+                                          state=self.get_state()),
                                      self.get_sites())
             if self._converged(result, shift):
                 result.converged = True
                 print("Converged: R and coordinate shifts below tolerance (max shift %.4f A)"
                       % shift, file=self.log)
                 break
+        self._hand_back(result)
         return result
+
+    def _adapt_weight(self, result, s):
+        """Between searches: the study's rules on the fixed weight.  Restraints
+        x2 while heavy-atom bonds or angles are over the limit, at most
+        MAX_SAFETY_STEPS times (a QM minimum can itself sit near the library
+        limit: PM7 ~0.025 A; halving without end switched the data off);
+        data x2 when geometry is well inside the limits."""
+        over = [what for what, value, limit in (
+            ("bonds", s.bond_rmsd, self.limits.bond_rmsd),
+            ("angles", s.angle_rmsd, self.limits.angle_rmsd)) if value > limit]
+        if over and result.safety_steps < MAX_SAFETY_STEPS:
+            result.safety_steps += 1
+            result.scale /= 2
+            s.add_note("%s over limit: restraints x2 next cycle" % " and ".join(over))
+        elif (result.raise_steps < MAX_RAISE_STEPS
+              and s.bond_rmsd < RAISE_BELOW_FRACTION * self.limits.bond_rmsd
+              and s.angle_rmsd <= self.limits.angle_rmsd
+              and (s.gap is None or s.gap <= self.limits.gap)):
+            result.raise_steps += 1
+            result.scale *= 2
+            s.add_note("geometry well inside limits: data x2 next cycle")
+
+    def _keep_best(self, result):
+        index, _ = best_model.choose(result.start, result.cycles, self.limits,
+                                     self.score if self.uses_data else None)
+        if index == len(result.cycles):
+            self._best = (index, self.get_state())
+        elif index == 0:
+            self._best = (0, self._start_state)
+
+    def _hand_back(self, result):
+        index, why = best_model.choose(result.start, result.cycles, self.limits,
+                                       self.score if self.uses_data else None)
+        result.selected = index
+        result.selection_note = why
+        if index != len(result.cycles):
+            assert index == self._best[0], (index, self._best[0])
+            self.set_state(self._best[1])
+        print("Model handed back: %s" % why, file=self.log)
 
     def checkpoint_meta(self):
         return {}

@@ -64,6 +64,10 @@ class CycleStats(WithGap):
     angle_rmsd: float = 0.0
     restraint_energy: Optional[float] = None   # kcal/mol (QM: relative to start)
     weight: Optional[float] = None             # data-term weight scale
+    adp_weight: Optional[float] = None         # ADP data-weight scale (X-ray with B)
+    mean_b: Optional[float] = None             # A^2, all atoms
+    clashscore: Optional[float] = None         # probe2, hydrogens kept
+    hbonds: Optional[dict] = None              # H-bond geometry summary
     engine_calls: int = 0
     engine_seconds: float = 0.0
     seconds: float = 0.0

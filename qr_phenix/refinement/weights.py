@@ -28,7 +28,13 @@ weight = auto
   .short_caption = Weight
 weight_trials = 0.125 0.25 0.5 1 2
   .type = floats
-  .help = "Scales tried in the first macro-cycle when weight=auto"
+  .help = "Scales tried in the first macro-cycle when weight=auto; when none \
+           meets the limits, smaller scales (stronger restraints) are tried"
+weight_search = *auto first every
+  .type = choice
+  .help = "weight=auto: trials in the first cycle only (then the study's x2 \
+           rules), or every cycle around the current weight (scale/2, scale, \
+           2 scale). auto: every for library restraints, first for QM"
 bond_rmsd_max = None
   .type = float
   .help = "Non-H bond rmsd (A, vs library) allowed; None = by resolution"
@@ -129,6 +135,13 @@ class Trial(WithGap):
     angle_rmsd: float
     map_cc: Optional[float] = None
     verdict: str = ""
+
+
+def meets_limits(trial, limits, score="r_free"):
+    geometry = trial.bond_rmsd <= limits.bond_rmsd and trial.angle_rmsd <= limits.angle_rmsd
+    if score != "r_free":
+        return geometry
+    return geometry and trial.gap is not None and trial.gap <= limits.gap
 
 
 def choose(trials: List[Trial], limits: Limits, score="r_free"):

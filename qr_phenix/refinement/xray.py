@@ -5,14 +5,17 @@ mmtbx.refinement.minimization.lbfgs minimises
 with E_restraints taken from the model's restraints manager, which is where
 qr_phenix installs the QM manager.  We set wx = |g_restraints|/|g_data| of the
 start model (see driver.reference_ratio), wx_scale = the chosen scale, w = 1.
-Hydrogens are refined like every other atom.
+Hydrogens are refined like every other atom.  With `adp` on, each
+macro-cycle refines isotropic B after the coordinates (refinement/adp.py).
 """
 
 from libtbx import group_args
 from libtbx.utils import null_out
 from scitbx.array_family import flex
+from cctbx import adptbx
 
 import mmtbx
+import mmtbx.bulk_solvent.bulk_solvent_and_scaling as bss
 import mmtbx.refinement.minimization
 from mmtbx.refinement import weights as mmtbx_weights
 
@@ -33,21 +36,74 @@ def set_refine_sites(model):
 
 class XrayRefinement(MacroCycleRefinement):
 
-    def __init__(self, model, fmodel, params, limits, quantum, **kwargs):
+    def __init__(self, model, fmodel, params, limits, quantum, adp_mode="none", **kwargs):
         self.fmodel = fmodel
         super().__init__(model, params, limits, quantum, **kwargs)
         assert fmodel.xray_structure is model.get_xray_structure()
         set_refine_sites(model)
-        fmodel.update(target_name=TARGET_NAMES[params.target])
+        if fmodel.twin_law is None:   # twinned data keep mmtbx's twin target
+            fmodel.update(target_name=TARGET_NAMES[params.target])
         self.update_scales()
+        self.adp = None
+        if adp_mode != "none":
+            from qr_phenix.refinement.adp import AdpRefinement
+            self.adp = AdpRefinement(model, fmodel, adp_mode, params.adp_weight_trials,
+                                     gap_limit=limits.gap,
+                                     max_iterations=params.max_iterations)
 
-    def update_scales(self):
-        if self.params.bulk_solvent:
-            self.fmodel.update_all_scales(remove_outliers=False, log=null_out())
-        else:
-            # overall and anisotropic scales only: the mask term stays zero
-            self.fmodel.update_all_scales(remove_outliers=False, log=null_out(),
-                                          update_f_part1=False, bulk_solvent_and_scaling=False)
+    def update_scales(self, back_trace=False):
+        """Overall and anisotropic scales always; the bulk-solvent mask term
+        only when asked (without it k_mask stays zero).  back_trace moves the
+        overall isotropic B of the scale into the atoms (after ADP steps, so
+        atomic B stay on an absolute scale)."""
+        if self.fmodel.twin_law is not None:   # mmtbx's twin scaler has its own rules
+            self.fmodel.update_all_scales(log=null_out())
+            return
+        scaling = bss.master_params.extract()
+        scaling.bulk_solvent = bool(self.params.bulk_solvent)
+        self.fmodel.update_all_scales(remove_outliers=False, log=null_out(), params=scaling,
+                                      update_f_part1=False, apply_back_trace=back_trace)
+
+    def k_mask_max(self):
+        return max(max(k) if k.size() else 0.0 for k in self.fmodel.k_masks())
+
+    def get_state(self):
+        state = super().get_state()
+        state["b_iso"] = list(self.fmodel.xray_structure.extract_u_iso_or_u_equiv()
+                              * adptbx.u_as_b(1.))
+        return state
+
+    def set_state(self, state):
+        if "b_iso" in state:
+            self.fmodel.xray_structure.set_b_iso(values=flex.double(state["b_iso"]))
+        super().set_state(state)
+
+    def before_first_cycle(self):
+        if self.adp is not None:
+            self._refine_adp()
+            print("  B refined before the first coordinate step: R-work %.4f R-free %.4f"
+                  % (self.fmodel.r_work(), self.fmodel.r_free()), file=self.log)
+
+    def _refine_adp(self):
+        trials = self.adp.run()
+        set_refine_sites(self.model)
+        self.update_scales(back_trace=True)
+        return trials
+
+    def after_sites(self, cycle, stats):
+        if self.adp is None:
+            return
+        trials = self._refine_adp()
+        m = self.measure(cycle)
+        stats.r_work, stats.r_free = m.r_work, m.r_free
+        stats.mean_b = m.mean_b
+        if trials:
+            chosen = [t for t in trials if t.verdict == "chosen"][0]
+            stats.adp_weight = chosen.scale
+            print("  ADP trials (scale R-work R-free rms dB(bonded) verdict): " + "; ".join(
+                "%g %.4f %.4f %.1f %s" % (t.scale, t.r_work, t.r_free, t.delta_b, t.verdict)
+                for t in trials), file=self.log)
+        stats.add_note("B %s" % self.adp.mode)
 
     def sites_changed(self):
         self.fmodel.update_xray_structure(xray_structure=self.model.get_xray_structure(),
@@ -77,5 +133,6 @@ class XrayRefinement(MacroCycleRefinement):
         self.update_scales()
 
     def measure(self, cycle):
+        b = self.fmodel.xray_structure.extract_u_iso_or_u_equiv() * adptbx.u_as_b(1.)
         return stats_mod.CycleStats(cycle=cycle, r_work=self.fmodel.r_work(),
-                                    r_free=self.fmodel.r_free())
+                                    r_free=self.fmodel.r_free(), mean_b=flex.mean(b))
