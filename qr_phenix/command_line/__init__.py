@@ -21,7 +21,12 @@ def check_input_files(args, datatypes):
             kind = any_file(arg).file_type
         except Exception:
             kind = None
-        if data_manager_type.get(kind) not in datatypes:
+        datatype = data_manager_type.get(kind)
+        if datatype is not None and datatype not in datatypes:
+            raise Sorry("%s is a %s file, which this program does not read (it reads: %s)."
+                        % (arg, datatype.replace("_", " "), ", ".join(
+                            d.replace("_", " ") for d in datatypes)))
+        if datatype not in datatypes:
             raise Sorry("Cannot read %s: it is not a model (PDB/mmCIF), reflection"
                         " (MTZ/CIF), map (CCP4/MRC) or parameter file, or it is damaged."
                         % arg)

@@ -40,13 +40,14 @@ class Program(ProgramTemplate):
 qr.prepare: make a model ready for QM restraints: keep one conformer, rebuild
 missing side-chain atoms, add every hydrogen (protein and water with PDBFixer
 /OpenMM at the given pH, ligands from the Chemical Component Dictionary with
-hydride), and report the total charge and protonation choices.
+hydride, or from the ligand's restraint dictionary when one is given), and
+report the total charge and protonation choices.
 
 Usage:
-  python -m qr_phenix.prepare model.pdb [ph=7.0] [output.file_name=out.pdb]
+  python -m qr_phenix.prepare model.pdb [ligand.cif] [ph=7.0] [output.file_name=out.pdb]
 """
 
-    datatypes = ["model", "phil"]
+    datatypes = ["model", "phil", "restraint"]
     master_phil_str = master_phil_str
 
     def validate(self):
@@ -68,6 +69,16 @@ Usage:
         base = os.path.splitext(os.path.basename(self.data_manager.get_default_model_name()))[0]
         return base + "_prepared.pdb"
 
+    def ligand_dictionaries(self):
+        """{residue name: (cif block, file name)} from the restraint files given."""
+        from qr_phenix.preparation.ligands import dictionary_components
+        dm = self.data_manager
+        result = {}
+        for name in dm.get_restraint_names():
+            for resname, block in dictionary_components([dm.get_restraint(name)]).items():
+                result.setdefault(resname, (block, os.path.basename(name)))
+        return result
+
     def run(self):
         from qr_phenix.preparation import prepare_hierarchy
         model = self.data_manager.get_model()
@@ -76,7 +87,8 @@ Usage:
             self.data_manager.get_default_model_name(), p.ph), file=self.logger)
         hierarchy, report = prepare_hierarchy(
             model.get_hierarchy(), crystal_symmetry=model.crystal_symmetry(), ph=p.ph,
-            add_missing_atoms=p.add_missing_atoms, ligands=p.ligands, log=self.logger)
+            add_missing_atoms=p.add_missing_atoms, ligands=p.ligands, log=self.logger,
+            dictionaries=self.ligand_dictionaries())
         out = self.output_file_name()
         text = hierarchy.as_pdb_or_mmcif_string(crystal_symmetry=model.crystal_symmetry())
         if text.lstrip().startswith("data_") and out.endswith(".pdb"):

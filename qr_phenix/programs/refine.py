@@ -75,6 +75,7 @@ Usage:
   python -m qr_phenix.refine model.pdb map.mrc refinement.resolution=4.0
   python -m qr_phenix.refine model.pdb                       (geometry only)
   python -m qr_phenix.refine model.pdb data.mtz restraints=cctbx
+  python -m qr_phenix.refine model.pdb data.mtz ligand.cif      (ligand dictionary)
   python -m qr_phenix.refine model.pdb data.mtz engine=pm7 selection="resseq 90:95"
   python -m qr_phenix.refine --show-defaults
 
@@ -187,8 +188,10 @@ Outputs <prefix>.pdb, .cif, .log, .json; a checkpoint after every macro-cycle
             model_in = self._map_model(model_in)
         # residues without a dictionary are accepted when QM covers them
         # physical units throughout (no division by the number of restraints)
+        # ligand dictionaries given on the command line (restraint CIFs)
+        restraint_objects = [(r, dm.get_restraint(r)) for r in dm.get_restraint_names()]
         model = process_model(model_in, stop_for_unknowns=not quantum, log=null_out(),
-                              grm_normalization=False)
+                              grm_normalization=False, restraint_objects=restraint_objects)
         if quantum:
             qm_rm.check_unrestrained_residues(model, p.qm_restraints.selection)
         self.mm_name = name
