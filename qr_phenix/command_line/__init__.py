@@ -4,6 +4,10 @@ import os
 import sys
 
 
+#: file types any_file recognises by content, not by accident
+_RECOGNISED = ("model", "miller_array", "real_map", "restraint")
+
+
 def check_input_files(args, datatypes):
     """Refuse files that are not of a type the program reads.
 
@@ -22,7 +26,8 @@ def check_input_files(args, datatypes):
         except Exception:
             kind = None
         datatype = data_manager_type.get(kind)
-        if datatype is not None and datatype not in datatypes:
+        # (any text file passes as a "sequence": that one stays "Cannot read")
+        if datatype in _RECOGNISED and datatype not in datatypes:
             raise Sorry("%s is a %s file, which this program does not read (it reads: %s)."
                         % (arg, datatype.replace("_", " "), ", ".join(
                             d.replace("_", " ") for d in datatypes)))
