@@ -177,3 +177,94 @@ def test_a_file_of_a_type_the_program_does_not_read_is_named(qrx_files, tmp_path
     _, cif = qrx_files
     with pytest.raises(Sorry, match="qrx.cif is a restraint file"):
         check_input_files([str(cif)], ["model", "phil"])
+
+
+# --- 2. bad model files: one Sorry line each ---------------------------------
+
+def qrx_mtz(path, cell=20.0):
+    """F-obs (= |F-calc| of QRX) and free-R flags in a P1 cell, as an MTZ."""
+    import iotbx.pdb
+    from cctbx import crystal
+    text = qrx_pdb_text()
+    xrs = iotbx.pdb.input(source_info=None, lines=text).xray_structure_simple(
+        crystal_symmetry=crystal.symmetry(unit_cell=(cell,) * 3 + (90,) * 3,
+                                          space_group_symbol="P1"))
+    f = abs(xrs.structure_factors(d_min=2.0).f_calc())
+    flags = f.generate_r_free_flags(fraction=0.1)
+    mtz = f.as_mtz_dataset(column_root_label="FOBS")
+    mtz.add_miller_array(flags, column_root_label="R-free-flags")
+    mtz.mtz_object().write(str(path))
+    return path
+
+
+def _run_refine(args):
+    from qr_phenix.command_line import run_checked
+    from qr_phenix.programs.refine import Program
+    return run_checked(Program, [str(a) for a in args], logger=null_out())
+
+
+def test_xray_refinement_of_a_model_without_crystal_symmetry(qrx_files, tmp_path):
+    pdb, cif = qrx_files
+    bare = tmp_path / "nocryst.pdb"
+    bare.write_text("".join(l + "\n" for l in pdb.read_text().splitlines()
+                            if not l.startswith("CRYST1")))
+    mtz = qrx_mtz(tmp_path / "data.mtz")
+    with pytest.raises(Sorry, match="no crystal symmetry.*CRYST1.*20.000   20.000"):
+        _run_refine([bare, mtz, cif, "qm_restraints.restraints=cctbx",
+                     "output.prefix=%s" % (tmp_path / "out")])
+
+
+def test_xray_refinement_with_a_cell_that_differs_from_the_data(library, qrx_files, tmp_path):
+    pdb, cif = qrx_files
+    mtz = qrx_mtz(tmp_path / "data.mtz", cell=23.0)
+    with pytest.raises(Sorry, match="unit cell of the model .* differs"):
+        _run_refine([pdb, mtz, cif, "qm_restraints.restraints=cctbx",
+                     "output.prefix=%s" % (tmp_path / "out")])
+
+
+def _two_models(pdb, path):
+    lines = pdb.read_text().splitlines()
+    atoms = [l for l in lines if l.startswith(("ATOM", "HETATM"))]
+    path.write_text("\n".join([lines[0], "MODEL        1"] + atoms + ["ENDMDL", "MODEL        2"]
+                              + atoms + ["ENDMDL", "END"]) + "\n")
+    return path
+
+
+def test_several_models_are_refused_unless_the_first_is_asked_for(library, qrx_files,
+                                                                   tmp_path):
+    import iotbx.pdb
+    pdb, cif = qrx_files
+    ensemble = _two_models(pdb, tmp_path / "ensemble.pdb")
+    args = [ensemble, cif, "qm_restraints.restraints=cctbx", "refinement.macro_cycles=1",
+            "output.prefix=%s" % (tmp_path / "out")]
+    with pytest.raises(Sorry, match="has 2 MODELs.*input.first_model_only=True"):
+        _run_refine(args)
+    _run_refine(args + ["input.first_model_only=True"])
+    h = iotbx.pdb.input(str(tmp_path / "out.pdb")).construct_hierarchy()
+    assert len(h.models()) == 1 and h.atoms_size() == 3
+
+
+def test_prepare_several_models(qrx_files, tmp_path):
+    import iotbx.pdb
+    from qr_phenix.command_line import run_checked
+    from qr_phenix.programs.prepare import Program
+    pdb, cif = qrx_files
+    ensemble = _two_models(pdb, tmp_path / "ensemble.pdb")
+    args = [str(ensemble), str(cif), "output.file_name=%s" % (tmp_path / "p.pdb")]
+    with pytest.raises(Sorry, match="has 2 MODELs"):
+        run_checked(Program, args, logger=null_out())
+    run_checked(Program, args + ["input.first_model_only=True"], logger=null_out())
+    h = iotbx.pdb.input(str(tmp_path / "p.pdb")).construct_hierarchy()
+    assert len(h.models()) == 1 and h.atoms_size() == 9
+
+
+def test_two_model_files_are_refused(qrx_files, tmp_path):
+    from qr_phenix.command_line import run_checked
+    from qr_phenix.programs.prepare import Program
+    pdb, cif = qrx_files
+    other = tmp_path / "other.pdb"
+    other.write_text(pdb.read_text())
+    with pytest.raises(Sorry, match="More than one model given"):
+        _run_refine([pdb, other, "output.prefix=%s" % (tmp_path / "out")])
+    with pytest.raises(Sorry, match="More than one model given"):
+        run_checked(Program, [str(pdb), str(other)], logger=null_out())

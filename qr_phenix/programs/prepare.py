@@ -5,7 +5,9 @@ import os
 from libtbx.program_template import ProgramTemplate
 from libtbx.utils import Sorry
 
-master_phil_str = """
+from qr_phenix.programs import inputs
+
+master_phil_str = inputs.input_phil_str + """
 prepare
   .short_caption = Model preparation
 {
@@ -55,7 +57,10 @@ Usage:
         if not dm.has_models():
             raise Sorry("No model given: qr.prepare needs a model file (PDB or mmCIF).")
         if len(dm.get_model_names()) > 1:
-            raise Sorry("More than one model given; prepare one model at a time.")
+            raise Sorry("More than one model given (%s); prepare one model at a time."
+                        % ", ".join(dm.get_model_names()))
+        inputs.check_models(dm.get_model(), dm.get_default_model_name(),
+                            self.params.input.first_model_only)
         if not 0 <= self.params.prepare.ph <= 14:
             raise Sorry("prepare.ph=%g is not a pH (0-14)." % self.params.prepare.ph)
         out = self.output_file_name()
@@ -82,6 +87,10 @@ Usage:
     def run(self):
         from qr_phenix.preparation import prepare_hierarchy
         model = self.data_manager.get_model()
+        if len(model.get_hierarchy().models()) > 1:
+            print("Using the first of %d MODELs (input.first_model_only=True)"
+                  % len(model.get_hierarchy().models()), file=self.logger)
+            model = inputs.first_model(model)
         p = self.params.prepare
         print("Preparing %s for QM (pH %.1f)" % (
             self.data_manager.get_default_model_name(), p.ph), file=self.logger)
