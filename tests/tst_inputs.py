@@ -268,3 +268,63 @@ def test_two_model_files_are_refused(qrx_files, tmp_path):
         _run_refine([pdb, other, "output.prefix=%s" % (tmp_path / "out")])
     with pytest.raises(Sorry, match="More than one model given"):
         run_checked(Program, [str(pdb), str(other)], logger=null_out())
+
+
+# --- 3. elements of ions with an empty element column ------------------------
+
+IONS = [("CA", "Ca"), ("CL", "Cl"), ("NA", "Na"), ("MG", "Mg"), ("ZN", "Zn"), ("K", "K")]
+
+
+def ions_pdb_text(aligned):
+    """Monatomic ions and a water, element column empty; names in PDB columns
+    13-14 (aligned, as cctbx expects for two-letter elements) or 14-15."""
+    lines = ["CRYST1   20.000   20.000   20.000  90.00  90.00  90.00 P 1"]
+    for i, (name, _) in enumerate(IONS + [("O", "O")]):
+        resname = "HOH" if name == "O" else name
+        field = ("%-4s" % name) if aligned and len(name) == 2 else (" %-3s" % name)
+        lines.append("HETATM%5d %s %3s A%4d    %8.3f%8.3f%8.3f  1.00 20.00"
+                     % (i + 1, field, resname, i + 1, 3.0 + 2.5 * i, 5.0, 5.0))
+    return "\n".join(lines + ["END"]) + "\n"
+
+
+@pytest.mark.parametrize("aligned", [True, False])
+def test_ions_without_element_column_are_not_typed_by_the_first_letter(aligned):
+    import iotbx.pdb
+    from qr_phenix import chemistry
+    h = iotbx.pdb.input(source_info=None, lines=ions_pdb_text(aligned)).construct_hierarchy()
+    assert all(not a.element.strip() for a in h.atoms())
+    assert [chemistry._element(a) for a in h.atoms()] == [e for _, e in IONS] + ["O"]
+    assert chemistry.n_electrons_neutral([chemistry._element(a) for a in h.atoms()]) == \
+        20 + 17 + 11 + 12 + 30 + 19 + 8
+    assert chemistry.fill_ion_elements(h) == len(IONS)
+    assert [a.element for a in h.atoms()][:len(IONS)] == \
+        [e.upper().rjust(2) for _, e in IONS]
+
+
+def test_alpha_carbons_stay_carbon():
+    import iotbx.pdb
+    from qr_phenix import chemistry
+    text = ("ATOM      1  N   ALA A   1       1.000   1.000   1.000  1.00 20.00\n"
+            "ATOM      2  CA  ALA A   1       2.400   1.000   1.000  1.00 20.00\n"
+            "ATOM      3  CA  GLY A   2       6.000   1.000   1.000  1.00 20.00\n")
+    h = iotbx.pdb.input(source_info=None, lines=text).construct_hierarchy()
+    assert [chemistry._element(a) for a in h.atoms()] == ["N", "C", "C"]
+    assert chemistry.fill_ion_elements(h) == 0
+
+
+def test_refine_and_prepare_type_the_ions(library, tmp_path):
+    import iotbx.pdb
+    from qr_phenix.command_line import run_checked
+    from qr_phenix.programs.prepare import Program
+    pdb = tmp_path / "ions.pdb"
+    pdb.write_text(ions_pdb_text(aligned=False))
+    program = _refine_program([pdb, "qm_restraints.restraints=cctbx"], tmp_path)
+    model = program._load_model(null_out(), quantum=False)
+    types = list(model.get_xray_structure().scatterers().extract_scattering_types())
+    assert types == [e for _, e in IONS] + ["O"]
+    out = tmp_path / "prepared.pdb"
+    run_checked(Program, [str(pdb), "output.file_name=%s" % out, "ligands=keep"],
+                logger=null_out())
+    h = iotbx.pdb.input(str(out)).construct_hierarchy()
+    elements = {a.parent().resname.strip(): a.element.strip() for a in h.atoms()}
+    assert all(elements[name] == e.upper() for name, e in IONS)

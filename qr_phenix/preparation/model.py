@@ -179,6 +179,8 @@ def prepare_hierarchy(hierarchy, crystal_symmetry=None, ph=7.0, add_missing_atom
     t0 = time.perf_counter()
     report = PreparationReport(n_atoms_in=hierarchy.atoms_size())
     h = hierarchy.deep_copy()
+    # an empty element column of an ion (CA, CL, NA ...) is not read as C, N ...
+    chemistry.fill_ion_elements(h)
     if len(h.models()) > 1:
         raise Sorry("The model has %d MODELs; prepare one model at a time." % len(h.models()))
     n0 = h.atoms_size()

@@ -203,6 +203,9 @@ Outputs <prefix>.pdb, .cif, .log, .json; a checkpoint after every macro-cycle
             print("Using the first of %d MODELs in %s (input.first_model_only=True)" % (
                 len(model_in.get_hierarchy().models()), name), file=log)
             model_in = inputs.first_model(model_in)
+        # ions with an empty element column: calcium, not carbon, for cctbx and QM
+        from qr_phenix.chemistry import fill_ion_elements
+        fill_ion_elements(model_in.get_hierarchy())
         if self.mode == "real_space":
             model_in = self._map_model(model_in)
         # residues without a dictionary are accepted when QM covers them
