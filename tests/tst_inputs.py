@@ -328,3 +328,26 @@ def test_refine_and_prepare_type_the_ions(library, tmp_path):
     h = iotbx.pdb.input(str(out)).construct_hierarchy()
     elements = {a.parent().resname.strip(): a.element.strip() for a in h.atoms()}
     assert all(elements[name] == e.upper() for name, e in IONS)
+
+
+# --- real entry: 1il5 with its ligand dictionary (DDP) -----------------------
+
+def test_1il5_prepare_and_refine_with_its_dictionary(library, tmp_path):
+    import iotbx.cif
+    import iotbx.pdb
+    from qr_phenix.command_line import run_checked
+    from qr_phenix.programs.prepare import Program as Prepare
+    pytest.importorskip("pdbfixer", reason="requires pdbfixer (pip install pdbfixer openmm)")
+    pdb, mtz, cif = (entry_file("1il5." + ext) for ext in ("pdb", "mtz", "cif"))
+    out = tmp_path / "1il5_h.pdb"
+    run_checked(Prepare, [pdb, cif, "output.file_name=%s" % out], logger=null_out())
+    block = iotbx.cif.reader(file_path=cif).model()["comp_DDP"]
+    expected = {n for n, e in zip(block["_chem_comp_atom.atom_id"],
+                                  block["_chem_comp_atom.type_symbol"])}
+    h = iotbx.pdb.input(str(out)).construct_hierarchy()
+    got = {a.name.strip() for a in h.atoms() if a.parent().resname == "DDP"}
+    assert got == expected
+    results = _run_refine([out, mtz, cif, "qm_restraints.restraints=cctbx",
+                           "refinement.macro_cycles=1", "refinement.weight=1",
+                           "output.prefix=%s" % (tmp_path / "x1il5")])
+    assert results["final"]["r_work"] < results["start"]["r_work"]
