@@ -111,11 +111,44 @@ class _Residue:
         return int(np.sum(np.linalg.norm(h - heavy_xyz, axis=1) < cutoff))
 
 
+def ion_element(atom):
+    """Element of a monatomic ion residue (CA, CL, NA, MG, ZN, K, FE2, ...) from
+    its atom name, or None when `atom` is not alone in such a residue.  An atom
+    named like its residue, or alone in a residue of ION_CHARGES, is that
+    element: "CA" in residue CA is calcium, not an alpha carbon."""
+    ag = atom.parent()
+    if ag is None or ag.atoms_size() != 1:
+        return None
+    resname = ag.resname.strip().upper()
+    name = atom.name.strip().upper()
+    if resname != name and resname not in ION_CHARGES:
+        return None
+    symbol = name.strip("0123456789+-").capitalize()
+    return symbol if symbol in atomic_numbers else None
+
+
 def _element(atom):
     e = atom.element.strip().upper()
-    if not e:  # old files without the element column: first letter of the name
-        e = atom.name.strip().lstrip("0123456789")[:1].upper()
+    if not e:
+        # old files without the element column: ions by their residue, else
+        # the first letter of the name
+        e = ion_element(atom) or atom.name.strip().lstrip("0123456789")[:1].upper()
     return e.capitalize()
+
+
+def fill_ion_elements(hierarchy):
+    """Write the element column of monatomic ions where it is empty (see
+    ion_element), so that cctbx (scattering types) and the engines agree.
+    Returns the number of atoms changed."""
+    n = 0
+    for atom in hierarchy.atoms():
+        if atom.element.strip():
+            continue
+        e = ion_element(atom)
+        if e is not None:
+            atom.set_element(e.upper().rjust(2))
+            n += 1
+    return n
 
 
 def _formal_charge(atom):

@@ -4,6 +4,10 @@ import os
 import sys
 
 
+#: file types any_file recognises by content, not by accident
+_RECOGNISED = ("model", "miller_array", "real_map", "restraint")
+
+
 def check_input_files(args, datatypes):
     """Refuse files that are not of a type the program reads.
 
@@ -21,7 +25,13 @@ def check_input_files(args, datatypes):
             kind = any_file(arg).file_type
         except Exception:
             kind = None
-        if data_manager_type.get(kind) not in datatypes:
+        datatype = data_manager_type.get(kind)
+        # (any text file passes as a "sequence": that one stays "Cannot read")
+        if datatype in _RECOGNISED and datatype not in datatypes:
+            raise Sorry("%s is a %s file, which this program does not read (it reads: %s)."
+                        % (arg, datatype.replace("_", " "), ", ".join(
+                            d.replace("_", " ") for d in datatypes)))
+        if datatype not in datatypes:
             raise Sorry("Cannot read %s: it is not a model (PDB/mmCIF), reflection"
                         " (MTZ/CIF), map (CCP4/MRC) or parameter file, or it is damaged."
                         % arg)

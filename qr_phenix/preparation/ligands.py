@@ -178,3 +178,115 @@ def protonate_ligand(resname, names, elements, xyz, label, ph=7.0):
             hydrogens.append((name, tuple(float(v) for v in with_h.coord[j])))
     charged = {nm: q for nm, q in charges.items() if q and nm in names}
     return LigandResult(label=label, hydrogens=hydrogens, charges=charged, choices=choices)
+
+
+# --- ligands with a restraint dictionary (CIF) given by the user -------------
+
+def dictionary_components(cif_models):
+    """{residue name: iotbx.cif block} for the chem_comp blocks of restraint CIF
+    models (monomer-library style: data_comp_XXX with a _chem_comp_atom loop)."""
+    result = {}
+    for cif_model in cif_models:
+        for block in cif_model.values():
+            if "_chem_comp_atom.atom_id" not in block:
+                continue
+            ids = list(block.get("_chem_comp_atom.comp_id", []))
+            if ids:
+                result.setdefault(ids[0].strip().upper(), block)
+    return result
+
+
+def _dictionary_atoms(block):
+    """(names, elements, charges, xyz or None, bonded pairs) of a dictionary block."""
+    def column(*keys):
+        for key in keys:
+            if key in block:
+                return [str(v).strip() for v in block[key]]
+        return None
+    names = column("_chem_comp_atom.atom_id")
+    n = len(names)
+    elements = column("_chem_comp_atom.type_symbol") or [""] * n
+    charges = []
+    for value in column("_chem_comp_atom.charge") or ["0"] * n:
+        try:
+            charges.append(int(round(float(value))))
+        except ValueError:
+            charges.append(0)
+    xyz = None
+    for pattern in ("_chem_comp_atom.%s", "_chem_comp_atom.model_Cartn_%s",
+                    "_chem_comp_atom.pdbx_model_Cartn_%s_ideal"):
+        cols = [column(pattern % c) for c in "xyz"]
+        if not all(cols):
+            continue
+        try:
+            xyz = np.array([[float(v) for v in c] for c in cols]).T
+            break
+        except ValueError:  # "?" or "." for some atom
+            xyz = None
+    a1 = column("_chem_comp_bond.atom_id_1") or []
+    a2 = column("_chem_comp_bond.atom_id_2") or []
+    return names, [e.upper() for e in elements], charges, xyz, list(zip(a1, a2))
+
+
+def _kabsch(source, target):
+    """Rotation R and translation t with target ~ source @ R.T + t."""
+    cs, ct = source.mean(axis=0), target.mean(axis=0)
+    if len(source) < 2:
+        return np.eye(3), ct - cs
+    u, _, vt = np.linalg.svd((source - cs).T @ (target - ct))
+    d = np.sign(np.linalg.det(vt.T @ u.T)) or 1.0
+    r = vt.T @ np.diag([1.0, 1.0, d]) @ u.T
+    return r, ct - cs @ r.T
+
+
+def protonate_from_dictionary(block, names, xyz, label, source="the dictionary"):
+    """Hydrogens for one ligand residue from its restraint dictionary: every
+    hydrogen of the dictionary, with the dictionary's name, placed by fitting
+    the dictionary's ideal coordinates of its parent atom and the parent's
+    heavy neighbours (two bonds out when fewer than three) onto the model.
+    Formal charges are the dictionary's; no pH rules (the dictionary fixes
+    the protonation state)."""
+    d_names, d_el, d_charge, d_xyz, bonds = _dictionary_atoms(block)
+    resname = str(block["_chem_comp_atom.comp_id"][0]).strip()
+    if d_xyz is None:
+        raise Sorry("The dictionary for %s (%s) has no atom coordinates, so its hydrogens"
+                    " cannot be placed; add them yourself and rerun with ligands=keep."
+                    % (resname, source))
+    index = {nm: i for i, nm in enumerate(d_names)}
+    missing = [nm for nm in names if nm not in index]
+    if missing:
+        raise Sorry("Ligand %s: atoms %s are not in the dictionary for %s (%s); check the"
+                    " atom names." % (label, ", ".join(missing), resname, source))
+    model_xyz = {nm: np.array(x, dtype=float) for nm, x in zip(names, xyz)}
+    graph = {nm: [] for nm in d_names}
+    for a, b in bonds:
+        if a in graph and b in graph:
+            graph[a].append(b)
+            graph[b].append(a)
+    is_h = {nm: d_el[index[nm]] in ("H", "D") for nm in d_names}
+    hydrogens, choices = [], []
+    not_placed = []
+    for parent in d_names:
+        h_names = [x for x in graph[parent] if is_h[x]]
+        if is_h[parent] or not h_names:
+            continue
+        if parent not in model_xyz:
+            not_placed.extend(h_names)
+            continue
+        anchor = [parent] + [x for x in graph[parent] if not is_h[x] and x in model_xyz]
+        for x in list(anchor[1:]):
+            if len(anchor) >= 3:
+                break
+            anchor += [y for y in graph[x]
+                       if not is_h[y] and y in model_xyz and y not in anchor][:3 - len(anchor)]
+        src = np.array([d_xyz[index[x]] for x in anchor])
+        dst = np.array([model_xyz[x] for x in anchor])
+        r, t = _kabsch(src, dst)
+        for hn in h_names:
+            hydrogens.append((hn, tuple(float(v) for v in d_xyz[index[hn]] @ r.T + t)))
+    if not_placed:
+        choices.append("hydrogens %s not placed (their atoms are missing in the model)"
+                       % ",".join(not_placed))
+    charges = {nm: d_charge[index[nm]] for nm in names if d_charge[index[nm]]}
+    choices.insert(0, "hydrogens from the dictionary %s" % source)
+    return LigandResult(label=label, hydrogens=hydrogens, charges=charges, choices=choices)

@@ -166,14 +166,21 @@ def _key(chain_id, rg):
 
 
 def prepare_hierarchy(hierarchy, crystal_symmetry=None, ph=7.0, add_missing_atoms=True,
-                      ligands="ccd", log=None):
+                      ligands="ccd", log=None, dictionaries=None):
     """Return (new hierarchy, PreparationReport).  `ligands`: ccd (add H from the
-    CCD) or keep (leave non-polymer residues exactly as given)."""
-    from qr_phenix.preparation.ligands import protonate_ligand
+    CCD) or keep (leave non-polymer residues exactly as given).
+    `dictionaries`: {residue name: (iotbx.cif block, source name)} of restraint
+    dictionaries given by the user; ligands they cover get exactly the
+    dictionary's hydrogens and names (and its charges) instead of the CCD's,
+    so that the prepared model matches the restraints refinement will use."""
+    from qr_phenix.preparation.ligands import protonate_from_dictionary, protonate_ligand
+    dictionaries = {k.strip().upper(): v for k, v in (dictionaries or {}).items()}
     from qr_phenix.preparation.polymer import complete_and_protonate, openmm_residue_names
     t0 = time.perf_counter()
     report = PreparationReport(n_atoms_in=hierarchy.atoms_size())
     h = hierarchy.deep_copy()
+    # an empty element column of an ion (CA, CL, NA ...) is not read as C, N ...
+    chemistry.fill_ion_elements(h)
     if len(h.models()) > 1:
         raise Sorry("The model has %d MODELs; prepare one model at a time." % len(h.models()))
     n0 = h.atoms_size()
@@ -239,9 +246,15 @@ def prepare_hierarchy(hierarchy, crystal_symmetry=None, ph=7.0, add_missing_atom
         if len(atoms) == 1 or ligands == "keep":
             report.kept_as_is.append(label)
             continue
-        lr = protonate_ligand(ag.resname.strip().upper(), [a.name.strip() for a in atoms],
-                              [chemistry._element(a) for a in atoms],
-                              [a.xyz for a in atoms], label, ph=ph)
+        resname = ag.resname.strip().upper()
+        if resname in dictionaries:
+            block, source = dictionaries[resname]
+            lr = protonate_from_dictionary(block, [a.name.strip() for a in atoms],
+                                           [a.xyz for a in atoms], label, source=source)
+        else:
+            lr = protonate_ligand(resname, [a.name.strip() for a in atoms],
+                                  [chemistry._element(a) for a in atoms],
+                                  [a.xyz for a in atoms], label, ph=ph)
         for name, xyz in lr.hydrogens:
             atom = iotbx.pdb.hierarchy.atom()
             atom.set_name(name if len(name) == 4 else " %-3s" % name)
@@ -309,7 +322,8 @@ def _charge_report(root, report):
             report.histidines.append("%s %s" % (r.label, state))
 
 
-def prepare_file(path, ph=7.0, add_missing_atoms=True, ligands="ccd", log=None):
+def prepare_file(path, ph=7.0, add_missing_atoms=True, ligands="ccd", log=None,
+                 dictionaries=None):
     """Read a PDB/mmCIF file and prepare it; returns (hierarchy, symmetry, report)."""
     try:
         pdb_inp = iotbx.pdb.input(file_name=str(path))
@@ -319,5 +333,5 @@ def prepare_file(path, ph=7.0, add_missing_atoms=True, ligands="ccd", log=None):
     cs = pdb_inp.crystal_symmetry()
     new, report = prepare_hierarchy(hierarchy, crystal_symmetry=cs, ph=ph,
                                     add_missing_atoms=add_missing_atoms, ligands=ligands,
-                                    log=log)
+                                    log=log, dictionaries=dictionaries)
     return new, cs, report

@@ -5,7 +5,9 @@ import os
 from libtbx.program_template import ProgramTemplate
 from libtbx.utils import Sorry
 
-master_phil_str = """
+from qr_phenix.programs import inputs
+
+master_phil_str = inputs.input_phil_str + """
 prepare
   .short_caption = Model preparation
 {
@@ -40,13 +42,14 @@ class Program(ProgramTemplate):
 qr.prepare: make a model ready for QM restraints: keep one conformer, rebuild
 missing side-chain atoms, add every hydrogen (protein and water with PDBFixer
 /OpenMM at the given pH, ligands from the Chemical Component Dictionary with
-hydride), and report the total charge and protonation choices.
+hydride, or from the ligand's restraint dictionary when one is given), and
+report the total charge and protonation choices.
 
 Usage:
-  python -m qr_phenix.prepare model.pdb [ph=7.0] [output.file_name=out.pdb]
+  python -m qr_phenix.prepare model.pdb [ligand.cif] [ph=7.0] [output.file_name=out.pdb]
 """
 
-    datatypes = ["model", "phil"]
+    datatypes = ["model", "phil", "restraint"]
     master_phil_str = master_phil_str
 
     def validate(self):
@@ -54,7 +57,10 @@ Usage:
         if not dm.has_models():
             raise Sorry("No model given: qr.prepare needs a model file (PDB or mmCIF).")
         if len(dm.get_model_names()) > 1:
-            raise Sorry("More than one model given; prepare one model at a time.")
+            raise Sorry("More than one model given (%s); prepare one model at a time."
+                        % ", ".join(dm.get_model_names()))
+        inputs.check_models(dm.get_model(), dm.get_default_model_name(),
+                            self.params.input.first_model_only)
         if not 0 <= self.params.prepare.ph <= 14:
             raise Sorry("prepare.ph=%g is not a pH (0-14)." % self.params.prepare.ph)
         out = self.output_file_name()
@@ -68,15 +74,30 @@ Usage:
         base = os.path.splitext(os.path.basename(self.data_manager.get_default_model_name()))[0]
         return base + "_prepared.pdb"
 
+    def ligand_dictionaries(self):
+        """{residue name: (cif block, file name)} from the restraint files given."""
+        from qr_phenix.preparation.ligands import dictionary_components
+        dm = self.data_manager
+        result = {}
+        for name in dm.get_restraint_names():
+            for resname, block in dictionary_components([dm.get_restraint(name)]).items():
+                result.setdefault(resname, (block, os.path.basename(name)))
+        return result
+
     def run(self):
         from qr_phenix.preparation import prepare_hierarchy
         model = self.data_manager.get_model()
+        if len(model.get_hierarchy().models()) > 1:
+            print("Using the first of %d MODELs (input.first_model_only=True)"
+                  % len(model.get_hierarchy().models()), file=self.logger)
+            model = inputs.first_model(model)
         p = self.params.prepare
         print("Preparing %s for QM (pH %.1f)" % (
             self.data_manager.get_default_model_name(), p.ph), file=self.logger)
         hierarchy, report = prepare_hierarchy(
             model.get_hierarchy(), crystal_symmetry=model.crystal_symmetry(), ph=p.ph,
-            add_missing_atoms=p.add_missing_atoms, ligands=p.ligands, log=self.logger)
+            add_missing_atoms=p.add_missing_atoms, ligands=p.ligands, log=self.logger,
+            dictionaries=self.ligand_dictionaries())
         out = self.output_file_name()
         text = hierarchy.as_pdb_or_mmcif_string(crystal_symmetry=model.crystal_symmetry())
         if text.lstrip().startswith("data_") and out.endswith(".pdb"):

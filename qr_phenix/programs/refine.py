@@ -11,13 +11,14 @@ from scitbx.array_family import flex
 import qr_phenix
 from qr_phenix import fragmentation
 from qr_phenix import restraints_manager as qm_rm
+from qr_phenix.programs import inputs
 from qr_phenix.refinement import adp as adp_mod
 from qr_phenix.refinement import weights as weights_mod
 from qr_phenix.refinement.statistics import engine_counters
 from qr_phenix.refinement.checkpoint import Checkpoint, atomic_write, atomic_write_json, fingerprint
 
 master_phil_str = qm_rm.qm_restraints_phil_str(default_restraints="qm") + \
-    fragmentation.master_phil_str + """
+    fragmentation.master_phil_str + inputs.input_phil_str + """
 refinement
   .short_caption = Refinement
 {
@@ -77,6 +78,7 @@ Usage:
   python -m qr_phenix.refine model.pdb map.mrc refinement.resolution=4.0
   python -m qr_phenix.refine model.pdb                       (geometry only)
   python -m qr_phenix.refine model.pdb data.mtz restraints=cctbx
+  python -m qr_phenix.refine model.pdb data.mtz ligand.cif      (ligand dictionary)
   python -m qr_phenix.refine model.pdb data.mtz engine=pm7 selection="resseq 90:95"
   python -m qr_phenix.refine --show-defaults
 
@@ -95,6 +97,8 @@ Outputs <prefix>.pdb, .cif, .log, .json; a checkpoint after every macro-cycle
         if len(dm.get_model_names()) > 1:
             raise Sorry("More than one model given (%s); give exactly one."
                         % ", ".join(dm.get_model_names()))
+        inputs.check_models(dm.get_model(), dm.get_default_model_name(),
+                            self.params.input.first_model_only)
         has_data = dm.has_miller_arrays()
         has_map = dm.has_real_maps()
         r = self.params.refinement
@@ -105,6 +109,9 @@ Outputs <prefix>.pdb, .cif, .log, .json; a checkpoint after every macro-cycle
             raise Sorry("Both reflections and a map were given; give one (X-ray or cryo-EM).")
         if mode == "xray" and not has_data:
             raise Sorry("refinement.mode=xray needs a reflection file (MTZ or CIF).")
+        if mode == "xray":
+            inputs.check_crystal_symmetry(dm.get_model(), dm.get_default_model_name(),
+                                          dm.get_miller_array_names(), self._data_symmetry())
         if mode == "real_space":
             if not has_map:
                 raise Sorry("refinement.mode=real_space needs a map file (CCP4/MRC).")
@@ -128,6 +135,15 @@ Outputs <prefix>.pdb, .cif, .log, .json; a checkpoint after every macro-cycle
             raise Sorry("Output files exist (%s). Use output.overwrite=True, another"
                         " output.prefix, or output.resume=True to continue an interrupted"
                         " run." % ", ".join(existing))
+
+    def _data_symmetry(self):
+        """Crystal symmetry of the reflection file, for messages (None if unknown)."""
+        dm = self.data_manager
+        try:
+            arrays = dm.get_miller_array(dm.get_default_miller_array_name()).as_miller_arrays()
+            return arrays[0].crystal_symmetry()
+        except Exception:
+            return None
 
     def output_prefix(self):
         if self.params.output.prefix:
@@ -185,12 +201,21 @@ Outputs <prefix>.pdb, .cif, .log, .json; a checkpoint after every macro-cycle
         p = self.params
         if not model_in.get_hierarchy().atoms_size():
             raise Sorry("The model %s contains no atoms." % name)
+        if inputs.check_models(model_in, name, p.input.first_model_only) > 1:
+            print("Using the first of %d MODELs in %s (input.first_model_only=True)" % (
+                len(model_in.get_hierarchy().models()), name), file=log)
+            model_in = inputs.first_model(model_in)
+        # ions with an empty element column: calcium, not carbon, for cctbx and QM
+        from qr_phenix.chemistry import fill_ion_elements
+        fill_ion_elements(model_in.get_hierarchy())
         if self.mode == "real_space":
             model_in = self._map_model(model_in)
         # residues without a dictionary are accepted when QM covers them
         # physical units throughout (no division by the number of restraints)
+        # ligand dictionaries given on the command line (restraint CIFs)
+        restraint_objects = [(r, dm.get_restraint(r)) for r in dm.get_restraint_names()]
         model = process_model(model_in, stop_for_unknowns=not quantum, log=null_out(),
-                              grm_normalization=False)
+                              grm_normalization=False, restraint_objects=restraint_objects)
         if quantum:
             qm_rm.check_unrestrained_residues(model, p.qm_restraints.selection)
         self.mm_name = name
@@ -301,6 +326,14 @@ Outputs <prefix>.pdb, .cif, .log, .json; a checkpoint after every macro-cycle
             raise Sorry("Could not read the reflection data %s: %s" % (
                 ", ".join(dm.get_miller_array_names()), str(e) or type(e).__name__))
         f_obs, flags = probe.f_obs(), probe.r_free_flags()
+        if not model.crystal_symmetry().unit_cell().is_similar_to(f_obs.unit_cell()):
+            raise Sorry("The unit cell of the model (%s) differs from that of the data %s"
+                        " (%s). Use the model refined against these data, or correct its"
+                        " CRYST1 record." % (
+                            "%.2f %.2f %.2f %.1f %.1f %.1f"
+                            % model.crystal_symmetry().unit_cell().parameters(),
+                            ", ".join(dm.get_miller_array_names()),
+                            "%.2f %.2f %.2f %.1f %.1f %.1f" % f_obs.unit_cell().parameters()))
         if flags is None or flags.data().count(True) == 0:
             raise Sorry("The reflection data have no usable free-R flags (no test"
                         " reflections). Add them (phenix.reflection_file_editor or"
