@@ -97,7 +97,7 @@ def run(argv=None, log=sys.stdout):
         prefix = os.path.join(out_dir, "refined_" + restraints[-1].split("=")[1])
         print("Refining with %s restraints ..." % label, file=log)
         results[label] = run_checked(Program, [start_path, mtz_path] + restraints + [
-            "refinement.bulk_solvent=False", "output.prefix=" + prefix,
+            "refinement.bulk_solvent=False", "refinement.adp=none", "output.prefix=" + prefix,
             "output.overwrite=True"], logger=null_out())
     score = Scorer(ref_path)
     s0 = score(start_path)

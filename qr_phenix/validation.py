@@ -44,7 +44,7 @@ class ClashResult:
 
     clashscore: Optional[float]
     n_clashes: int = 0          # pairs overlapping >= 0.4 A, H-bonds excepted
-    n_atoms: int = 0            # non-water atoms the score is normalised by
+    n_atoms: int = 0            # scored non-water atoms (the denominator)
     worst: List[str] = field(default_factory=list)  # worst first
     excluded: List[str] = field(default_factory=list)  # residues left out
     n_excluded_atoms: int = 0
@@ -200,6 +200,7 @@ def clashscore(model, nuclear=False, max_list=10, density=16.0, log=None):
     Returns a ClashResult; on a probe2 failure its clashscore is None and
     error holds the reason.
     """
+    import iotbx.pdb
     from mmtbx.validation import utils as validation_utils
     from mmtbx.validation.clashscore2 import probe_clashscore_manager
     from scitbx.array_family import flex
@@ -231,14 +232,13 @@ def clashscore(model, nuclear=False, max_list=10, density=16.0, log=None):
         manager = probe_clashscore_manager(
             condensed_probe=True, nuclear=nuclear, use_segids=use_segids)
         clashes = manager.process_raw_probe_output(lines)
-        import iotbx.pdb
         n_atoms = 0
         for a in hierarchy.atoms():
             water = iotbx.pdb.common_residue_names_get_class(
                 name=a.parent().resname) == "common_water"
             if a.occ > occupancy_fraction and not water:
                 n_atoms += 1
-    except Exception as e:  # report, do not stop a refinement report
+    except Exception as e:  # a failed check must not stop the caller
         if log is not None:
             print("clashscore failed: %s" % _error_text(e), file=log)
         return ClashResult(clashscore=None, excluded=excluded,

@@ -43,7 +43,8 @@ COST = {
     "hf_d3": "~10 min per gradient (PySCF HF/6-31G+D3): days per refinement on 2 cores",
     "bp86": "> 10 min per gradient (PySCF BP86/def2-SVP): days per refinement on 2 cores",
 }
-COMMON_ARGS = ["refinement.bulk_solvent=False", "output.overwrite=True"]
+# the published protocol: coordinates only, no bulk solvent (the data have none)
+COMMON_ARGS = ["refinement.bulk_solvent=False", "refinement.adp=none", "output.overwrite=True"]
 
 
 @dataclass

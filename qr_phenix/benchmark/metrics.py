@@ -111,9 +111,8 @@ class StartModelStats:
         xrs = self.fmodel.xray_structure
         xrs.set_sites_cart(sites)
         self.fmodel.update_xray_structure(xray_structure=xrs, update_f_calc=True)
-        from libtbx.utils import null_out
-        self.fmodel.update_all_scales(remove_outliers=False, log=null_out(),
-                                      update_f_part1=False, bulk_solvent_and_scaling=False)
+        from qr_phenix.refinement.xray import update_scales
+        update_scales(self.fmodel, bulk_solvent=False)
         bond, angle = self.geometry(sites)
         r_work, r_free = self.fmodel.r_work(), self.fmodel.r_free()
         return {"r_work": r_work, "r_free": r_free, "gap": r_free - r_work,

@@ -281,7 +281,8 @@ Outputs <prefix>.pdb, .cif, .log, .json; a checkpoint after every macro-cycle
             d_min = None
         qm_rm.setup_restraints(model, p.qm_restraints, log=log, fragment_params=p.fragments,
                                parallel_params=p.parallel)
-        limits = weights_mod.limits_for(d_min, r, quantum, p.qm_restraints.engine)
+        n_free = fmodel.r_free_flags().data().count(True) if self.mode == "xray" else None
+        limits = weights_mod.limits_for(d_min, r, quantum, p.qm_restraints.engine, n_free)
         if self.mode == "xray":
             from qr_phenix.refinement.xray import XrayRefinement
             n_work = fmodel.r_free_flags().data().count(False)

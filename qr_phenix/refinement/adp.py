@@ -56,6 +56,8 @@ B_MIN, B_MAX = 1.0, 300.0
 
 def resolve_mode(mode, n_work_reflections, n_heavy_atoms):
     """'auto' -> individual or group by the data-to-parameter ratio."""
+    if mode is None:      # PHIL reads the choice "none" as None
+        return "none"
     if mode != "auto":
         return mode
     if n_work_reflections >= MIN_REFLECTIONS_PER_PARAMETER * 4 * max(1, n_heavy_atoms):
@@ -82,9 +84,9 @@ class AdpTrial:
         return d
 
 
-def choose_adp_trial(trials: List[AdpTrial], gap_limit, delta_b_limit):
+def choose_adp_trial(trials: List[AdpTrial], limits, delta_b_limit):
     """phenix.refine's order: gap, then R-free range, then <Bi-Bj>, lowest R-free."""
-    pool = [t for t in trials if t.gap <= gap_limit] or \
+    pool = [t for t in trials if limits.gap_ok(t.r_work, t.r_free)] or \
         [min(trials, key=lambda t: t.gap)]
     lowest = min(t.r_free for t in pool)
     pool = [t for t in pool if t.r_free <= lowest + R_FREE_RANGE_WIDTH]
@@ -93,7 +95,8 @@ def choose_adp_trial(trials: List[AdpTrial], gap_limit, delta_b_limit):
     best = min(pool, key=lambda t: t.r_free)
     for t in trials:
         t.verdict = "ok" if t in pool else (
-            "R-free - R-work over %.3f" % gap_limit if t.gap > gap_limit else
+            "R-free - R-work over %.3f" % limits.gap_allowed(t.r_free)
+            if not limits.gap_ok(t.r_work, t.r_free) else
             "R-free over lowest + %.3f" % R_FREE_RANGE_WIDTH
             if t.r_free > lowest + R_FREE_RANGE_WIDTH else
             "rms dB(bonded) over %.1f" % delta_b_limit)
@@ -104,14 +107,14 @@ def choose_adp_trial(trials: List[AdpTrial], gap_limit, delta_b_limit):
 class AdpRefinement:
     """One ADP step per macro-cycle on the X-ray target's fmodel."""
 
-    def __init__(self, model, fmodel, mode, trial_scales, gap_limit, max_iterations=25,
+    def __init__(self, model, fmodel, mode, trial_scales, limits, max_iterations=25,
                  log=None):
         assert mode in ("individual", "group")
         self.model = model
         self.fmodel = fmodel
         self.mode = mode
         self.trial_scales = list(trial_scales)
-        self.gap_limit = gap_limit
+        self.limits = limits
         self.max_iterations = max_iterations
         self.log = log or null_out()
         self.iso = adp_refinement.adp_restraints_master_params.extract().iso
@@ -208,7 +211,7 @@ class AdpRefinement:
                                    delta_b=self.delta_b_bonded(),
                                    mean_b=float(flex.mean(self.get_b()))))
             bs.append(self.get_b().deep_copy())
-        best = choose_adp_trial(trials, self.gap_limit, self.delta_b_limit())
+        best = choose_adp_trial(trials, self.limits, self.delta_b_limit())
         self.set_b(bs[trials.index(best)])
         self.last_trials = trials
         return trials

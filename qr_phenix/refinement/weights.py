@@ -35,6 +35,12 @@ weight_search = *auto first every
   .help = "weight=auto: trials in the first cycle only (then the study's x2 \
            rules), or every cycle around the current weight (scale/2, scale, \
            2 scale). auto: every for library restraints, first for QM"
+anneal = *auto on off
+  .type = choice
+  .help = "Weight annealing for starts far from the data: refine with the \
+           strongest-data trial weight, then halve it each cycle until the \
+           geometry is within limits. auto: when a trial's R-free is 0.02 \
+           below the chosen weight's"
 bond_rmsd_max = None
   .type = float
   .help = "Non-H bond rmsd (A, vs library) allowed; None = by resolution"
@@ -79,9 +85,24 @@ class Limits:
     bond_rmsd: float
     angle_rmsd: float
     gap: float
+    n_free: Optional[int] = None     # free-R test reflections
+
+    def gap_allowed(self, r_free):
+        """The gap limit, or the noise of R-free when that is larger: with n
+        test reflections R-free scatters by about R-free / sqrt(n), so a gap
+        below two of those is no evidence of over-fitting (21 free
+        reflections of the 1us0 helix data: 0.04-0.09)."""
+        if not self.n_free or r_free is None:
+            return self.gap
+        return max(self.gap, 2.0 * r_free / math.sqrt(self.n_free))
+
+    def gap_ok(self, r_work, r_free):
+        if r_work is None or r_free is None:
+            return True
+        return r_free - r_work <= self.gap_allowed(r_free)
 
 
-def limits_for(d_min, params, quantum, engine=None):
+def limits_for(d_min, params, quantum, engine=None, n_free=None):
     table = _phenix_table()
     row = table[-1]
     for r in table:
@@ -95,7 +116,8 @@ def limits_for(d_min, params, quantum, engine=None):
     return Limits(
         bond_rmsd=params.bond_rmsd_max if params.bond_rmsd_max is not None else bond,
         angle_rmsd=params.angle_rmsd_max if params.angle_rmsd_max is not None else angle,
-        gap=params.r_free_r_work_gap_max if params.r_free_r_work_gap_max is not None else gap)
+        gap=params.r_free_r_work_gap_max if params.r_free_r_work_gap_max is not None else gap,
+        n_free=n_free if params.r_free_r_work_gap_max is None else None)
 
 
 def gradient_ratio(g_restraints, g_data, outlier_cutoff=3.0):
@@ -141,7 +163,7 @@ def meets_limits(trial, limits, score="r_free"):
     geometry = trial.bond_rmsd <= limits.bond_rmsd and trial.angle_rmsd <= limits.angle_rmsd
     if score != "r_free":
         return geometry
-    return geometry and trial.gap is not None and trial.gap <= limits.gap
+    return geometry and trial.gap is not None and limits.gap_ok(trial.r_work, trial.r_free)
 
 
 def choose(trials: List[Trial], limits: Limits, score="r_free"):
@@ -166,10 +188,10 @@ def choose(trials: List[Trial], limits: Limits, score="r_free"):
         best = max(pool, key=lambda t: t.map_cc)
         best.verdict = "chosen: highest map CC with geometry within limits"
         return best
-    gap_ok = [t for t in pool if t.gap is not None and t.gap <= limits.gap]
+    gap_ok = [t for t in pool if t.gap is not None and limits.gap_ok(t.r_work, t.r_free)]
     for t in pool:
         if t not in gap_ok:
-            t.verdict = "R-free - R-work over %.3f" % limits.gap
+            t.verdict = "R-free - R-work over %.3f" % limits.gap_allowed(t.r_free)
     if gap_ok:
         pool = gap_ok
     best = min(pool, key=lambda t: t.r_free)

@@ -26,6 +26,20 @@ from qr_phenix.refinement.driver import MacroCycleRefinement, termination
 TARGET_NAMES = {"ml": "ml", "ls": "ls_wunit_k1"}
 
 
+def update_scales(fmodel, bulk_solvent, back_trace=False):
+    """Overall and anisotropic scales always; the bulk-solvent mask term only
+    when asked (without it k_mask stays zero).  back_trace moves the overall
+    isotropic B of the scale into the atoms (after ADP steps, so atomic B
+    stay on an absolute scale)."""
+    if fmodel.twin_law is not None:   # mmtbx's twin scaler has its own rules
+        fmodel.update_all_scales(log=null_out())
+        return
+    scaling = bss.master_params.extract()
+    scaling.bulk_solvent = bool(bulk_solvent)
+    fmodel.update_all_scales(remove_outliers=False, log=null_out(), params=scaling,
+                             update_f_part1=False, apply_back_trace=back_trace)
+
+
 def set_refine_sites(model):
     from mmtbx.refinement import refinement_flags
     n = model.get_number_of_atoms()
@@ -48,21 +62,11 @@ class XrayRefinement(MacroCycleRefinement):
         if adp_mode != "none":
             from qr_phenix.refinement.adp import AdpRefinement
             self.adp = AdpRefinement(model, fmodel, adp_mode, params.adp_weight_trials,
-                                     gap_limit=limits.gap,
+                                     limits,
                                      max_iterations=params.max_iterations)
 
     def update_scales(self, back_trace=False):
-        """Overall and anisotropic scales always; the bulk-solvent mask term
-        only when asked (without it k_mask stays zero).  back_trace moves the
-        overall isotropic B of the scale into the atoms (after ADP steps, so
-        atomic B stay on an absolute scale)."""
-        if self.fmodel.twin_law is not None:   # mmtbx's twin scaler has its own rules
-            self.fmodel.update_all_scales(log=null_out())
-            return
-        scaling = bss.master_params.extract()
-        scaling.bulk_solvent = bool(self.params.bulk_solvent)
-        self.fmodel.update_all_scales(remove_outliers=False, log=null_out(), params=scaling,
-                                      update_f_part1=False, apply_back_trace=back_trace)
+        update_scales(self.fmodel, self.params.bulk_solvent, back_trace)
 
     def k_mask_max(self):
         return max(max(k) if k.size() else 0.0 for k in self.fmodel.k_masks())
