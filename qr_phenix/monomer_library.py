@@ -944,10 +944,13 @@ def process_model(model_or_path, crystal_symmetry=None, stop_for_unknowns=True,
     pdb_interpretation_overrides: dict of pdb_interpretation parameters,
     e.g. {"flip_symmetric_amino_acids": False}.
     grm_normalization: passed to model.process (mmtbx default True).
-    restraint_objects: extra [(name, cif model)] for ligands.
+    restraint_objects: extra [(name, cif model)] for ligands; residues
+    covered neither by these nor by the library get a dictionary generated
+    from the CCD (qr_phenix.ccd_dictionary).
     Returns a new, processed mmtbx.model.manager.
     """
     import mmtbx.model
+    from qr_phenix import ccd_dictionary
     library = find_or_install_library(log=log)
     mmtbx_log = log if log is not None else null_out()
     model_input = hierarchy = None
@@ -981,6 +984,7 @@ def process_model(model_or_path, crystal_symmetry=None, stop_for_unknowns=True,
     objects = restraint_objects_for(model.get_hierarchy(), nuclear=nuclear,
                                     library=library)
     objects = objects + list(restraint_objects or [])
+    objects = objects + ccd_dictionary.missing_dictionaries(model, objects, log=log)
     if objects:
         model.set_restraint_objects(objects)
     try:

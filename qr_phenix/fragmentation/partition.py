@@ -152,9 +152,11 @@ def model_units(hierarchy, log=None, split_residues=False):
     atoms = hierarchy.atoms()
     atoms.reset_i_seq()  # a select()-ed hierarchy keeps its parent's i_seqs
     residues = chemistry.residues(hierarchy)
-    # termini/disulfide/metal checks only need polymer residues and ions
+    # termini/disulfide/metal checks only need polymer residues (modified
+    # amino acids such as NEP included: C and CA) and ions
     context = [r for r in residues if r.resname in chemistry.AMINO_ACIDS
-               or (r.resname in chemistry.ION_CHARGES and len(r.names) == 1)]
+               or (r.resname in chemistry.ION_CHARGES and len(r.names) == 1)
+               or (r.atom("C") is not None and r.atom("CA") is not None)]
     units, assumed = [], []
     open_carbonyl = None   # (unit index, C position) of the previous residue's C=O
     for r in residues:

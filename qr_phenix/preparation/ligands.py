@@ -15,9 +15,18 @@ the CCD bond graph (pKa in brackets):
 
 Everything else keeps the CCD state.  The choices are reported, and the
 charged atoms get the PDB charge column ("1-"), which qr_phenix reads as the
-ligand's formal charge.  Hydrogen names are the CCD names of the hydrogens
-on the same heavy atom; an added hydrogen without a CCD name (ammonium) gets
-H<heavy atom><n>.
+ligand's formal charge.
+
+Covalent links to neighbouring residues (peptide bonds of a modified amino
+acid inside a chain, glycosylation) are passed in as `Link`s: the partner
+residue's heavy atoms take part in the hydrogen placement, so a linked atom
+gets no hydrogen for the bond (an N inside a chain has one H, a linked C
+none), and linked atoms are not charged by the rules above.
+
+Hydrogen names: the names of the restraints library's dictionary for the
+residue when there is one (for residues mmtbx renames itself, such as amino
+acids, the CCD names first), else the CCD names of the hydrogens on the same
+heavy atom; a hydrogen with neither gets H<heavy atom><n>.
 """
 
 from dataclasses import dataclass, field
@@ -25,6 +34,20 @@ from typing import List, Tuple
 
 import numpy as np
 from libtbx.utils import Sorry
+
+
+@dataclass
+class Link:
+    """Covalent bond from `atom` of the residue to `partner_atom` of a
+    neighbouring residue, given by its heavy atoms."""
+    atom: str
+    partner_atom: str
+    partner_label: str
+    partner_resname: str
+    partner_names: List[str]
+    partner_elements: List[str]
+    partner_xyz: List[Tuple[float, float, float]]
+    partner_key: tuple = ()
 
 
 @dataclass
@@ -64,14 +87,20 @@ def _bond_graph(arr):
     return graph
 
 
-def ph_charges(ref, ph):
+def ph_charges(ref, ph, present=None, linked=()):
     """Formal charges (by heavy-atom name) of CCD component `ref` at pH, and
-    the choices made."""
+    the choices made.  `present`: heavy atoms in the model (default all);
+    acid oxygens not present and `linked` atoms are not charged."""
     el = [e.upper() for e in ref.element]
     names = list(ref.atom_name)
     charges = {n: int(c) for n, c in zip(names, ref.charge) if el[names.index(n)] != "H"}
     graph = _bond_graph(ref)
     choices = []
+    present = set(names if present is None else present)
+    linked = set(linked)
+
+    def free(i):
+        return names[i] in present and names[i] not in linked
 
     def heavy(i):
         return [(j, o) for j, o in graph[i] if el[j] != "H"]
@@ -81,7 +110,8 @@ def ph_charges(ref, ph):
 
     acid_o_on_p = {}
     for i, e in enumerate(el):
-        if e == "O" and n_h(i) <= 1 and len(heavy(i)) == 1 and charges[names[i]] == 0:
+        if e == "O" and n_h(i) <= 1 and len(heavy(i)) == 1 and charges[names[i]] == 0 \
+                and free(i):
             x, o = heavy(i)[0]
             if o != 1:
                 continue
@@ -103,7 +133,7 @@ def ph_charges(ref, ph):
                 charges[names[i]] = -1
                 choices.append("%s: phosphate %s deprotonated" % (names[p], names[i]))
     for i, e in enumerate(el):
-        if e != "N" or charges[names[i]] != 0 or ph >= 9.5:
+        if e != "N" or charges[names[i]] != 0 or ph >= 9.5 or not free(i):
             continue
         nbrs = graph[i]
         if any(o != 1 for _, o in nbrs) or len(nbrs) != 3:
@@ -117,8 +147,64 @@ def ph_charges(ref, ph):
     return charges, choices
 
 
-def protonate_ligand(resname, names, elements, xyz, label, ph=7.0):
-    """Hydrogens for one ligand residue (heavy atoms given) at pH."""
+def library_hydrogen_names(resname):
+    """({heavy atom: [H names]} of the restraints library's dictionary for
+    resname, whether mmtbx renames this residue's atoms itself), or None when
+    there is no library or no dictionary."""
+    try:
+        import iotbx.cif
+        from iotbx.pdb import atom_name_interpretation
+        from qr_phenix import monomer_library
+        library = monomer_library.find_or_install_library()
+        path = monomer_library.comp_file(library, resname)
+        if path is None:
+            return None
+        model = iotbx.cif.reader(file_path=str(path), strict=False).model()
+    except Exception:
+        return None
+    block = next((model[k] for k in model.keys()
+                  if k.lower() == "comp_%s" % resname.lower()), None)
+    if block is None:
+        return None
+    atoms = block.get_loop("_chem_comp_atom")
+    bonds = block.get_loop("_chem_comp_bond")
+    if atoms is None or bonds is None:
+        return None
+    element = dict(zip(atoms["_chem_comp_atom.atom_id"],
+                       (t.upper() for t in atoms["_chem_comp_atom.type_symbol"])))
+    names = {}
+    for a, b in zip(bonds["_chem_comp_bond.atom_id_1"], bonds["_chem_comp_bond.atom_id_2"]):
+        for x, y in ((a, b), (b, a)):
+            if element.get(y) == "H" and element.get(x) != "H":
+                names.setdefault(x, []).append(y)
+    order = {n: i for i, n in enumerate(atoms["_chem_comp_atom.atom_id"])}
+    names = {x: sorted(hs, key=order.get) for x, hs in names.items()}
+    return names, resname.upper() in atom_name_interpretation.interpreters
+
+
+def _hydrogen_names(ref, library):
+    """Candidate H names per heavy atom: library names when the library has
+    the residue and mmtbx does not rename it, CCD names otherwise; the other
+    list supplies names for extra hydrogens."""
+    ref_names = list(ref.atom_name)
+    ref_graph = _bond_graph(ref)
+    ccd_h = {ref_names[i]: [ref_names[j] for j, _ in ref_graph[i]
+                            if ref.element[j].upper() == "H"]
+             for i in range(len(ref_names)) if ref.element[i].upper() != "H"}
+    if library is None:
+        return ccd_h
+    lib_h, renamed_by_mmtbx = library
+    first, second = (ccd_h, lib_h) if renamed_by_mmtbx else (lib_h, ccd_h)
+    result = {}
+    for heavy in set(ccd_h) | set(lib_h):
+        a = list(first.get(heavy, []))
+        result[heavy] = a + [x for x in second.get(heavy, []) if x not in a]
+    return result
+
+
+def protonate_ligand(resname, names, elements, xyz, label, ph=7.0, links=()):
+    """Hydrogens for one ligand residue (heavy atoms given) at pH.  `links`:
+    covalent bonds to neighbouring residues (see Link)."""
     struc, info, hydride = _import()
     try:
         ref = info.residue(resname)
@@ -131,40 +217,64 @@ def protonate_ligand(resname, names, elements, xyz, label, ph=7.0):
     if missing:
         raise Sorry("Ligand %s: atoms %s are not in the CCD component %s; check the"
                     " atom names." % (label, ", ".join(missing), resname))
-    charges, choices = ph_charges(ref, ph)
+    links = [lk for lk in links if lk.atom in names]
+    charges, choices = ph_charges(ref, ph, present=names, linked=[lk.atom for lk in links])
     n = len(names)
-    arr = struc.AtomArray(n)
-    arr.coord = np.asarray(xyz, dtype=float)
-    arr.atom_name = list(names)
-    arr.element = [e.upper() for e in elements]
-    arr.res_name[:] = resname
+    # the residue, then each linked partner residue (own chain: no extra bonds)
+    partners = {}
+    for lk in links:
+        partners.setdefault(lk.partner_label, lk)
+    all_names, all_el, all_xyz = list(names), [e.upper() for e in elements], list(xyz)
+    res_name, chain_id = [resname] * n, ["A"] * n
+    offset = {}
+    for k, (plabel, lk) in enumerate(partners.items()):
+        offset[plabel] = len(all_names)
+        m = len(lk.partner_names)
+        all_names += list(lk.partner_names)
+        all_el += [e.upper() for e in lk.partner_elements]
+        all_xyz += list(lk.partner_xyz)
+        res_name += [lk.partner_resname] * m
+        chain_id += ["L%d" % k] * m
+    arr = struc.AtomArray(len(all_names))
+    arr.coord = np.asarray(all_xyz, dtype=float)
+    arr.atom_name = all_names
+    arr.element = all_el
+    arr.res_name = res_name
+    arr.chain_id = chain_id
     arr.res_id[:] = 1
     arr.hetero[:] = True
-    arr.bonds = struc.connect_via_residue_names(arr)
-    arr.set_annotation("charge", np.array([charges.get(x, 0) for x in names], dtype=int))
-    with_h, _ = hydride.add_hydrogen(arr)
-    if with_h.array_length() > n:
+    arr.bonds = struc.connect_via_residue_names(arr, inter_residue=False)
+    for lk in links:
+        j = offset[lk.partner_label] + list(lk.partner_names).index(lk.partner_atom)
+        arr.bonds.add_bond(names.index(lk.atom), j, struc.BondType.SINGLE)
+        choices.append("%s linked to %s %s" % (lk.atom, lk.partner_label, lk.partner_atom))
+    arr.set_annotation("charge", np.array([charges.get(x, 0) for x in names]
+                                          + [0] * (len(all_names) - n), dtype=int))
+    own = np.zeros(len(all_names), dtype=bool)
+    own[:n] = True
+    with_h, original = hydride.add_hydrogen(arr, mask=own)
+    index = np.flatnonzero(original)         # arr atom -> with_h atom
+    if with_h.array_length() > len(all_names):
         try:
             import warnings
             with warnings.catch_warnings():
                 # no electronegativity for P etc.: those atoms just get no charge
                 warnings.simplefilter("ignore", UserWarning)
-                with_h.coord = hydride.relax_hydrogen(with_h)
+                mine = np.zeros(with_h.array_length(), dtype=bool)
+                mine[index[:n]] = True
+                with_h.coord = hydride.relax_hydrogen(with_h, mask=mine)
         except Exception:
             pass  # relaxation only improves rotamers; the placement stands
-    # CCD names of the hydrogens on each heavy atom, in CCD order
-    ref_graph = _bond_graph(ref)
-    ccd_h = {ref_names[i]: [ref_names[j] for j, _ in ref_graph[i]
-                            if ref.element[j].upper() == "H"]
-             for i in range(len(ref_names)) if ref.element[i].upper() != "H"}
+    candidates = _hydrogen_names(ref, library_hydrogen_names(resname))
+    taken = set(names)
     graph = _bond_graph(with_h)
     hydrogens, used = [], set()
     for i in range(n):
         heavy_name = names[i]
-        available = list(ccd_h.get(heavy_name, []))
+        available = [x for x in candidates.get(heavy_name, []) if x not in taken]
         k = 0
-        for j, _ in graph[i]:
-            if with_h.element[j].upper() != "H":
+        for j, _ in graph[index[i]]:
+            if original[j] or with_h.element[j].upper() != "H":
                 continue
             if available:
                 name = available.pop(0)

@@ -4,8 +4,10 @@ Steps (each reported):
 1. keep one conformer (the first altloc; its atoms get occupancy 1) and drop
    existing hydrogens, so every H comes from one consistent protonation;
 2. polymer residues and waters -> PDBFixer/OpenMM (qr_phenix.preparation.polymer);
-3. other residues -> CCD + hydride (qr_phenix.preparation.ligands); monatomic
-   ions are kept as they are;
+3. other residues -> CCD + hydride (qr_phenix.preparation.ligands), with their
+   covalent links to neighbouring residues (bond-length criterion; the
+   polymer hydrogens at such a bond are fixed); monatomic ions are kept as
+   they are;
 4. merge in the original residue order, keep B-factors of existing atoms (new
    atoms get their residue's mean B), write the total charge per residue
    class and the protonation choices.
@@ -161,6 +163,107 @@ def normalize_hydrogens(h, tolerance=0.05):
     return moved
 
 
+#: covalent radii (A) of the elements considered for links between residues
+COVALENT_RADIUS = {"C": 0.76, "N": 0.71, "O": 0.66, "S": 1.05, "P": 1.07, "SE": 1.20,
+                   "B": 0.84, "SI": 1.11}
+
+
+def covalent_links(h, residues, tolerance=0.25):
+    """{index in `residues`: [ligands.Link]} for (chain_id, rg) pairs in
+    `residues`: bonds to heavy atoms of other residues (not water) no longer
+    than the sum of covalent radii + tolerance."""
+    from scipy.spatial import cKDTree
+    from qr_phenix.preparation.ligands import Link
+    groups = [(chain.id, rg) for chain in h.only_model().chains()
+              for rg in chain.residue_groups()]
+    atoms, owner = [], []
+    for r, (_, rg) in enumerate(groups):
+        if rg.atom_groups()[0].resname.strip().upper() in chemistry.WATER:
+            continue
+        for a in rg.atoms():
+            if chemistry._element(a).upper() in COVALENT_RADIUS:
+                atoms.append(a)
+                owner.append(r)
+    if not atoms:
+        return {}
+    xyz = np.array([a.xyz for a in atoms])
+    owner = np.array(owner)
+    radius = np.array([COVALENT_RADIUS[chemistry._element(a).upper()] for a in atoms])
+    tree = cKDTree(xyz)
+    position = {(chain_id, _key(chain_id, rg)): r for r, (chain_id, rg) in enumerate(groups)}
+    result = {}
+    for k, (chain_id, rg) in enumerate(residues):
+        r = position.get((chain_id, _key(chain_id, rg)))
+        for i in np.flatnonzero(owner == r):
+            for j in tree.query_ball_point(xyz[i], 2.0 * max(radius) + tolerance):
+                if owner[j] == r or np.linalg.norm(xyz[j] - xyz[i]) > \
+                        radius[i] + radius[j] + tolerance:
+                    continue
+                pchain, prg = groups[owner[j]]
+                patoms = [a for a in prg.atoms()]
+                result.setdefault(k, []).append(Link(
+                    atom=atoms[i].name.strip(), partner_atom=atoms[j].name.strip(),
+                    partner_label=_label(pchain, prg),
+                    partner_resname=prg.atom_groups()[0].resname.strip().upper(),
+                    partner_names=[a.name.strip() for a in patoms],
+                    partner_elements=[chemistry._element(a) for a in patoms],
+                    partner_xyz=[a.xyz for a in patoms],
+                    partner_key=_key(pchain, prg)))
+    return result
+
+
+def _fix_link_hydrogens(rg, links):
+    """Hydrogens of a polymer residue at its links to ligand atoms.
+    links: [(polymer atom name, ligand atom xyz)].  PDBFixer builds the
+    polymer without the ligands: a backbone N next to a linked residue gets
+    its H from a wrong neighbour (or the NH3+ of a new N-terminus) and a
+    backbone C may get an OXT; a side-chain atom keeps the H the bond
+    replaces.  Returns a list of what was changed."""
+    changes = []
+    ag = rg.atom_groups()[0]
+    for name, lig_xyz in links:
+        by_name = {a.name.strip(): a for a in ag.atoms()}
+        x = by_name.get(name)
+        if x is None:
+            continue
+        xyz = np.array(x.xyz)
+        lig = np.array(lig_xyz)
+        hs = [a for a in ag.atoms() if chemistry._element(a) in ("H", "D")
+              and a.distance(x) < 1.3]
+        if name == "N" and "CA" in by_name:
+            heavy = [a for a in ag.atoms() if chemistry._element(a) not in ("H", "D")
+                     and a is not x and 0.5 < a.distance(x) < 1.9]
+            for a in hs:
+                ag.remove_atom(a)
+            if len(heavy) == 1:     # not PRO: one H in the C-N-CA plane
+                u = (xyz - lig) / np.linalg.norm(xyz - lig)
+                v = xyz - np.array(by_name["CA"].xyz)
+                u = u + v / np.linalg.norm(v)
+                atom = iotbx.pdb.hierarchy.atom()
+                atom.set_name(" H  ")
+                atom.set_element(" H")
+                atom.set_xyz(tuple(xyz + XH_DISTANCE["N"] * u / np.linalg.norm(u)))
+                atom.set_occ(1.0)
+                atom.set_b(x.b)
+                atom.hetero = x.hetero
+                ag.append_atom(atom)
+                changes.append("rebuilt H on N")
+            elif hs:
+                changes.append("removed H on N")
+        elif name == "C" and "CA" in by_name:
+            extra = [by_name[n] for n in ("OXT", "HXT") if n in by_name]
+            for a in extra:
+                ag.remove_atom(a)
+            if extra:
+                changes.append("removed " + " ".join(a.name.strip() for a in extra))
+        elif hs:
+            d = [np.linalg.norm(np.array(a.xyz) - lig) for a in hs]
+            a = hs[int(np.argmin(d))]
+            changes.append("removed %s" % a.name.strip())
+            ag.remove_atom(a)
+    return changes
+
+
 def _key(chain_id, rg):
     return (chain_id.strip(), rg.resseq.strip(), rg.icode.strip())
 
@@ -239,7 +342,9 @@ def prepare_hierarchy(hierarchy, crystal_symmetry=None, ph=7.0, add_missing_atom
             for rg in chain.residue_groups():
                 sources[_key(chain.id, rg)] = rg
     ligand_charges = {}
-    for chain_id, rg in ligand_groups:
+    links = covalent_links(h, ligand_groups) if ligands != "keep" else {}
+    polymer_links = {}              # polymer residue key -> [(atom, ligand xyz)]
+    for k, (chain_id, rg) in enumerate(ligand_groups):
         ag = rg.atom_groups()[0]
         label = "%s %s %s" % (chain_id.strip() or "_", ag.resname.strip(), rg.resseq.strip())
         atoms = list(ag.atoms())
@@ -247,6 +352,11 @@ def prepare_hierarchy(hierarchy, crystal_symmetry=None, ph=7.0, add_missing_atom
             report.kept_as_is.append(label)
             continue
         resname = ag.resname.strip().upper()
+        xyz_of = {a.name.strip(): a.xyz for a in atoms}
+        for lk in links.get(k, []):
+            if lk.partner_resname in known:
+                polymer_links.setdefault(lk.partner_key, []).append(
+                    (lk.partner_atom, xyz_of[lk.atom]))
         if resname in dictionaries:
             block, source = dictionaries[resname]
             lr = protonate_from_dictionary(block, [a.name.strip() for a in atoms],
@@ -254,7 +364,8 @@ def prepare_hierarchy(hierarchy, crystal_symmetry=None, ph=7.0, add_missing_atom
         else:
             lr = protonate_ligand(resname, [a.name.strip() for a in atoms],
                                   [chemistry._element(a) for a in atoms],
-                                  [a.xyz for a in atoms], label, ph=ph)
+                                  [a.xyz for a in atoms], label, ph=ph,
+                                  links=links.get(k, []))
         for name, xyz in lr.hydrogens:
             atom = iotbx.pdb.hierarchy.atom()
             atom.set_name(name if len(name) == 4 else " %-3s" % name)
@@ -285,6 +396,11 @@ def prepare_hierarchy(hierarchy, crystal_symmetry=None, ph=7.0, add_missing_atom
                 if a.occ <= 0:
                     a.set_occ(1.0)
             if src is not rg:
+                changed = _fix_link_hydrogens(new_rg, polymer_links.get(
+                    _key(chain.id, rg), []))
+                if changed:
+                    report.ligand_choices.append("link to %s: %s" % (
+                        _label(chain.id, rg), "; ".join(changed)))
                 for ag_new, ag_old in zip(new_rg.atom_groups(), rg.atom_groups()):
                     ag_new.resname = ag_old.resname
                     hetero = any(x.hetero for x in ag_old.atoms())

@@ -216,6 +216,12 @@ Outputs <prefix>.pdb, .cif, .log, .json; a checkpoint after every macro-cycle
         restraint_objects = [(r, dm.get_restraint(r)) for r in dm.get_restraint_names()]
         model = process_model(model_in, stop_for_unknowns=not quantum, log=null_out(),
                               grm_normalization=False, restraint_objects=restraint_objects)
+        for resname, text in sorted(
+                getattr(model, "qr_phenix_generated_dictionaries", {}).items()):
+            path = "%s_%s.cif" % (self.prefix, resname)
+            atomic_write(path, text)
+            print("Restraints for %s: no library dictionary; generated from the CCD,"
+                  " written to %s" % (resname, path), file=log)
         if quantum:
             qm_rm.check_unrestrained_residues(model, p.qm_restraints.selection)
         self.mm_name = name
