@@ -319,3 +319,13 @@ def hbond_geometry(model, long_d_ha=2.5, bent_a_dha=140.0, log=None):
                             if r.d_HA > long_d_ha or r.a_DHA < bent_a_dha)
     result.seconds = time.time() - start
     return result
+
+
+def annotate(model, stats):
+    """Put the clashscore and H-bond summary of `model` into a refinement
+    cycle's statistics (anything with clashscore/hbonds/add_note)."""
+    clash = clashscore(model)
+    stats.clashscore = clash.clashscore
+    stats.hbonds = hbond_geometry(model).as_dict()
+    if clash.error:
+        stats.add_note("clashscore: %s" % clash.error)

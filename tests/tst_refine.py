@@ -264,7 +264,8 @@ def _scripted_refinement(model, limits, r_work=0.20, r_free=0.22):
             return stats_mod.CycleStats(cycle=cycle, r_work=r_work, r_free=r_free)
 
     params = SimpleNamespace(macro_cycles=8, max_iterations=1, weight_trials=[1.0],
-                             r_tolerance=-1.0, shift_tolerance=-1.0)
+                             r_tolerance=-1.0, shift_tolerance=-1.0, anneal="off",
+                             weight_search="first")
     return Scripted(model, params, limits, quantum=False, log=null_out())
 
 

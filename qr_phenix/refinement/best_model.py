@@ -2,9 +2,9 @@
 
 Every macro-cycle ends with a candidate model.  A candidate is acceptable when its non-H geometry is within the limits (or
 no worse than the start's, for a start already outside them), R-free - R-work
-is within the gap limit, and, where measured, its clashscore is no worse than
-the start's.  Among acceptable candidates the best score wins (lowest R-free,
-or highest map CC); when none is acceptable, the gap limit is relaxed
+is within the gap limit, and (maps, where measured) its clashscore is no
+worse than the start's.  Among acceptable candidates the best score wins (lowest R-free,
+or highest map CC; of scores within the tolerance, the latest cycle); when none is acceptable, the gap limit is relaxed
 first, then geometry, and the log says so.  A refined model whose R-free is above the start's by
 more than R_FREE_TOLERANCE is never handed back: the start is returned then,
 and the log says so.
@@ -13,6 +13,7 @@ and the log says so.
 from typing import Tuple
 
 R_FREE_TOLERANCE = 0.002
+MAP_CC_TOLERANCE = 0.002
 
 
 def _problems(c, start, limits, score):
@@ -28,7 +29,9 @@ def _problems(c, start, limits, score):
                         start.gap if start.gap is not None else 0.0)
         if c.gap > gap_limit:
             reasons.append("R-free - R-work %.3f > %.3f" % (c.gap, gap_limit))
-    if c.clashscore is not None and start.clashscore is not None \
+    # maps: a better fit bought with clashes is not better (X-ray data have
+    # R-free to judge by; there the clashscore is reported, not a criterion)
+    if score == "map_cc" and c.clashscore is not None and start.clashscore is not None \
             and c.clashscore > start.clashscore:
         reasons.append("clashscore %.1f > start %.1f" % (c.clashscore, start.clashscore))
     return reasons
@@ -57,7 +60,11 @@ def choose(start, cycles, limits, score="r_free") -> Tuple[int, str]:
     def key(i):
         c = candidates[i]
         return c.r_free if score == "r_free" else -c.map_cc
-    best = min(pool, key=key)
+    # differences below the tolerance are noise: the latest such cycle is the
+    # most converged model (QM energy lowest, geometry most relaxed)
+    top = min(key(i) for i in pool)
+    best = max(i for i in pool if key(i) <= top + (
+        R_FREE_TOLERANCE if score == "r_free" else MAP_CC_TOLERANCE))
     chosen = candidates[best]
     if score == "r_free" and start.r_free is not None and \
             chosen.r_free > start.r_free + R_FREE_TOLERANCE:
@@ -67,4 +74,6 @@ def choose(start, cycles, limits, score="r_free") -> Tuple[int, str]:
     if score == "map_cc" and chosen.map_cc < start.map_cc:
         return 0, "the start model: no refined model raised map CC%s" % note
     how = "lowest R-free" if score == "r_free" else "highest map CC"
-    return best, "cycle %d: %s among refined models within the limits%s" % (best, how, note)
+    return best, ("cycle %d: the last within %.3f of the %s among refined models within"
+                  " the limits%s" % (best, R_FREE_TOLERANCE if score == "r_free"
+                                     else MAP_CC_TOLERANCE, how, note))

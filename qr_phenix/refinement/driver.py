@@ -30,7 +30,8 @@ def termination(max_iterations):
 
 MAX_SAFETY_STEPS = 2
 ANNEAL_MIN_R_FREE_GAIN = 0.02   # anneal=auto: trial R-free this much below the chosen one
-MAX_EXTRA_TRIALS = 6       # weight search toward stronger restraints: down to scale/64
+MAX_EXTRA_TRIALS = 6
+GAP_STEP_MIN = 0.002       # ...while halving the scale shrinks R-free - R-work by this       # weight search toward stronger restraints: down to scale/64
 # The weight chosen by trials from a far-off start is often too cautious later:
 # the start's transient distortions make every strong data weight look
 # over-fitted.  As the original Q|R did, the data weight is doubled when a
@@ -181,9 +182,17 @@ class MacroCycleRefinement:
         for _ in range(MAX_EXTRA_TRIALS):
             if weights_mod.meets_limits(best, self.limits, self.score):
                 break
-            trials.append(self._trial(min(t.scale for t in trials) / 2, start, cycle))
+            strongest = min(trials, key=lambda t: t.scale)
+            trials.append(self._trial(strongest.scale / 2, start, cycle))
             states.append(self.get_state())
             best = weights_mod.choose(trials, self.limits, score=self.score)
+            new = trials[-1]
+            if weights_mod.meets_limits(new, self.limits, "geometry") and \
+                    new.gap is not None and strongest.gap is not None and \
+                    new.gap >= strongest.gap - GAP_STEP_MIN:
+                # stronger restraints no longer shrink the gap: it is not
+                # coordinate over-fitting (B, model errors), so stop here
+                break
         self._trial_verdicts(trials)
         self._trial_states = states
         self.set_state(states[trials.index(best)])
@@ -258,8 +267,7 @@ class MacroCycleRefinement:
                 result.scale is None or self.searches_every_cycle())
             if result.annealing:
                 result.scale /= 2
-                for _ in range(int(__import__("os").environ.get("QR_PASSES", "1"))):
-                    self.minimise(result.scale)
+                self.minimise(result.scale)
                 s = self._fill_common(self.measure(cycle), t0, calls0, seconds0)
                 s.add_note("annealing: restraints x2")
                 if self._within_geometry(s):
@@ -286,8 +294,8 @@ class MacroCycleRefinement:
             self._fill_common(s, t0, calls0, seconds0)
             self.validate(s)
             s.seconds = time.perf_counter() - t0
-            if self.uses_data and fixed_scale is None and not searching and \
-                    not result.annealing and cycle < n_cycles:
+            if self.uses_data and fixed_scale is None and not self.searches_every_cycle() \
+                    and not result.annealing and cycle < n_cycles:
                 self._adapt_weight(result, s)
             self._print(s)
             result.cycles.append(s)
@@ -373,6 +381,10 @@ class MacroCycleRefinement:
         self._states[len(result.cycles)] = self.get_state()
         index, _ = self._choose(result)
         self._best = (index, self._states[index])
+
+    def state_of(self, index):
+        """The stored model of candidate `index` (0 = start), or the current one."""
+        return self._states.get(index, self.get_state())
 
     def _choose(self, result):
         index, why = best_model.choose(result.start, result.cycles, self.limits,

@@ -77,17 +77,17 @@ class CycleStats(WithGap):
         self.note = "%s; %s" % (self.note, text) if self.note else text
 
 
-HEADER = ("cycle  R-work  R-free    gap   bonds  angles   map CC  E_restr(kcal/mol)"
+HEADER = ("cycle  R-work  R-free    gap   bonds  angles  clash   map CC  E_restr(kcal/mol)"
           "    weight  calls  t_engine  t_total")
 
 
 def format_line(s: CycleStats) -> str:
     def f(x, fmt, width):
         return (fmt % x) if x is not None else "-".rjust(width)
-    return "%5s  %s  %s  %s  %6.4f  %6.2f  %s  %17s  %s  %5d  %7.1fs  %6.1fs%s" % (
+    return "%5s  %s  %s  %s  %6.4f  %6.2f  %s  %s  %17s  %s  %5d  %7.1fs  %6.1fs%s" % (
         s.cycle if isinstance(s.cycle, str) else "%d" % s.cycle,
         f(s.r_work, "%6.4f", 6), f(s.r_free, "%6.4f", 6), f(s.gap, "%5.3f", 5),
-        s.bond_rmsd, s.angle_rmsd, f(s.map_cc, "%7.4f", 7),
+        s.bond_rmsd, s.angle_rmsd, f(s.clashscore, "%5.1f", 5), f(s.map_cc, "%7.4f", 7),
         f(s.restraint_energy, "%17.2f", 17), f(s.weight, "%8.4g", 8),
         s.engine_calls, s.engine_seconds, s.seconds,
         ("  " + s.note) if s.note else "")

@@ -160,6 +160,7 @@ class Trial(WithGap):
 
 
 def meets_limits(trial, limits, score="r_free"):
+    """score "r_free": geometry and gap; "map_cc" or "geometry": geometry only."""
     geometry = trial.bond_rmsd <= limits.bond_rmsd and trial.angle_rmsd <= limits.angle_rmsd
     if score != "r_free":
         return geometry

@@ -69,6 +69,10 @@ class XrayRefinement(MacroCycleRefinement):
         update_scales(self.fmodel, self.params.bulk_solvent, back_trace)
 
     def k_mask_max(self):
+        """Largest bulk-solvent scale (None for twinned data: mmtbx's twin
+        model keeps its own solvent parameters)."""
+        if self.fmodel.twin_law is not None:
+            return None
         return max(max(k) if k.size() else 0.0 for k in self.fmodel.k_masks())
 
     def get_state(self):

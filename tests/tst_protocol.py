@@ -1,0 +1,214 @@
+"""The refinement protocol's rules, with a scripted minimiser (weight search,
+annealing, the model handed back) and with real data (bulk solvent, twin
+law, B refinement, options that must have an effect)."""
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from libtbx.utils import null_out
+
+from qr_phenix.command_line import run_checked
+from qr_phenix.programs.refine import Program
+from qr_phenix.refinement import driver
+from qr_phenix.refinement import statistics as stats_mod
+from qr_phenix.refinement.weights import Limits
+
+ENTRIES = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "entries"
+
+
+class Scripted(driver.MacroCycleRefinement):
+    """Each minimisation shifts the model by 0.001 A x scale (so models
+    differ) and reports R factors and geometry from given functions of the
+    scale: only the driver's rules act."""
+
+    def __init__(self, model, limits, r_free_of, bond_of, **params):
+        p = dict(macro_cycles=6, max_iterations=1, weight_trials=[1.0], r_tolerance=-1.0,
+                 shift_tolerance=-1.0, anneal="off", weight_search="every")
+        p.update(params)
+        super().__init__(model, SimpleNamespace(**p), limits, quantum=False, log=null_out())
+        self.r_free_of, self.bond_of = r_free_of, bond_of
+        self.scale = None
+        self.geometry = lambda sites: ((0.010, 1.0) if self.scale is None
+                                       else (bond_of(self.scale), 1.0))
+
+    def minimise(self, scale):
+        self.scale = scale
+        sites = np.array(self.get_sites()) + 0.001 * scale
+        self.model.set_sites_cart(driver_flex(sites))
+
+    def get_state(self):
+        return dict(super().get_state(), scale=self.scale)
+
+    def set_state(self, state):
+        self.scale = state["scale"]
+        super().set_state(state)
+
+    def measure(self, cycle):
+        if self.scale is None:
+            return stats_mod.CycleStats(cycle=cycle, r_work=0.20, r_free=0.22)
+        r_free = self.r_free_of(self.scale)
+        return stats_mod.CycleStats(cycle=cycle, r_work=r_free - 0.03, r_free=r_free)
+
+
+def driver_flex(sites):
+    from scitbx.array_family import flex
+    return flex.vec3_double(sites)
+
+
+@pytest.fixture(scope="module")
+def helix_model(helix_pdb):
+    from qr_phenix.monomer_library import process_model
+    return process_model(helix_pdb)
+
+
+def test_weight_search_goes_on_toward_stronger_restraints(helix_model):
+    # only scales <= 1/8 keep bonds within 0.015 A
+    limits = Limits(bond_rmsd=0.015, angle_rmsd=2.0, gap=0.05)
+    ref = Scripted(helix_model.deep_copy(), limits, r_free_of=lambda s: 0.20,
+                   bond_of=lambda s: 0.1 * s, macro_cycles=1)
+    result = ref.run()
+    scales = [t.scale for t in result.trials]
+    assert scales == [1.0, 0.5, 0.25, 0.125]
+    assert result.cycles[0].weight == 0.125
+    assert [t.verdict.startswith("chosen") for t in result.trials] == [False] * 3 + [True]
+
+
+def test_start_model_is_handed_back_when_no_refined_model_is_better(helix_model):
+    model = helix_model.deep_copy()
+    start = np.array(model.get_sites_cart())
+    limits = Limits(bond_rmsd=0.015, angle_rmsd=2.0, gap=0.05)
+    ref = Scripted(model, limits, r_free_of=lambda s: 0.26, bond_of=lambda s: 0.005)
+    result = ref.run()
+    assert result.selected == 0 and "start model" in result.selection_note
+    assert result.final.r_free == pytest.approx(0.22)
+    assert np.allclose(np.array(model.get_sites_cart()), start, atol=1e-6)
+
+
+def test_best_cycle_is_handed_back_not_the_last(helix_model):
+    model = helix_model.deep_copy()
+    limits = Limits(bond_rmsd=0.015, angle_rmsd=2.0, gap=0.05)
+    calls = []
+
+    def r_free_of(scale):          # improves for three cycles, then gets worse
+        calls.append(scale)
+        return 0.21 - 0.01 * min(len(calls), 9) + 0.002 * max(0, len(calls) - 9) ** 2
+    ref = Scripted(model, limits, r_free_of=r_free_of, bond_of=lambda s: 0.005,
+                   macro_cycles=6)
+    result = ref.run()
+    best = min(range(1, 7), key=lambda i: result.cycles[i - 1].r_free)
+    assert result.selected == best < 6
+    kept = np.array(model.get_sites_cart())
+    assert np.allclose(kept, np.array(ref.state_of(best)["sites"]), atol=1e-5)
+
+
+def test_far_start_anneals_the_weight_until_geometry_is_within_limits(helix_model):
+    # strong data weights fit far better but distort: anneal from the best trial
+    limits = Limits(bond_rmsd=0.015, angle_rmsd=2.0, gap=0.08)
+    ref = Scripted(helix_model.deep_copy(), limits, r_free_of=lambda s: 0.40 - 0.1 * s,
+                   bond_of=lambda s: 0.1 * s, weight_trials=[0.25, 0.5, 1, 2],
+                   anneal="auto", weight_search="first", macro_cycles=6)
+    result = ref.run()
+    weights = [c.weight for c in result.cycles]
+    assert weights[:5] == [2, 1, 0.5, 0.25, 0.125]
+    assert "annealing from scale 2" in result.cycles[0].note
+    assert "annealing done" in result.cycles[4].note
+    # the same run without annealing keeps the weight of the trials
+    off = Scripted(helix_model.deep_copy(), limits, r_free_of=lambda s: 0.40 - 0.1 * s,
+                   bond_of=lambda s: 0.1 * s, weight_trials=[0.25, 0.5, 1, 2],
+                   anneal="off", weight_search="first", macro_cycles=2)
+    assert off.run().cycles[0].weight == 0.125
+
+
+def test_gap_limit_allows_the_noise_of_a_small_free_set():
+    limits = Limits(bond_rmsd=0.015, angle_rmsd=2.0, gap=0.05, n_free=21)
+    assert limits.gap_allowed(0.20) == pytest.approx(2 * 0.20 / 21 ** 0.5)
+    assert limits.gap_ok(0.11, 0.18) and not limits.gap_ok(0.05, 0.20)
+    big = Limits(bond_rmsd=0.015, angle_rmsd=2.0, gap=0.05, n_free=2000)
+    assert big.gap_allowed(0.20) == 0.05
+
+
+# -- real data ------------------------------------------------------------------
+
+def refine(*args):
+    return run_checked(Program, [str(a) for a in args], logger=null_out())
+
+
+def entry_file(name):
+    path = ENTRIES / name
+    if not path.exists():
+        pytest.skip("shared real-entry data missing: %s" % path)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def va7_runs(tmp_path_factory):
+    """1va7 (2.9 A, deposited model without H), one macro-cycle, fixed weight."""
+    pdb, mtz = entry_file("1va7.pdb"), entry_file("1va7.mtz")
+    out = tmp_path_factory.mktemp("va7")
+    common = [pdb, mtz, "qm_restraints.restraints=cctbx", "refinement.macro_cycles=1",
+              "refinement.weight=0.03", "refinement.validation=off"]
+    runs = {}
+    for name, extra in (("adp", ["refinement.adp=individual"]),
+                        ("group", ["refinement.adp=group"]),
+                        ("fixed_b", ["refinement.adp=none"]),
+                        ("no_solvent", ["refinement.adp=none", "refinement.bulk_solvent=False"])):
+        runs[name] = refine(*(common + extra + ["output.prefix=%s" % (out / name)]))
+    return runs
+
+
+def test_b_refinement_lowers_r_on_a_real_entry(va7_runs):
+    # the refined cycle, whichever model the never-worse rule hands back
+    adp, group, fixed = (va7_runs[k]["cycles"][-1] for k in ("adp", "group", "fixed_b"))
+    assert va7_runs["adp"]["adp"] == "individual" and va7_runs["fixed_b"]["adp"] == "none"
+    assert adp["r_free"] < fixed["r_free"] - 0.01
+    assert adp["r_work"] < fixed["r_work"] - 0.01
+    assert group["r_free"] < fixed["r_free"]
+    assert adp["mean_b"] != pytest.approx(fixed["mean_b"])
+    assert va7_runs["adp"]["final"]["r_free"] < va7_runs["adp"]["start"]["r_free"]
+
+
+def test_bulk_solvent_off_keeps_k_mask_zero(va7_runs):
+    assert va7_runs["fixed_b"]["data"]["k_mask_max"] > 0.05
+    assert va7_runs["no_solvent"]["data"]["k_mask_max"] == 0.0
+    assert va7_runs["no_solvent"]["start"]["r_free"] != pytest.approx(
+        va7_runs["fixed_b"]["start"]["r_free"], abs=1e-4)
+
+
+def test_twinned_data_keep_their_twin_law(helix_pdb, helix_mtz, tmp_path):
+    r = refine(helix_pdb, helix_mtz, "qm_restraints.restraints=cctbx",
+               "data_manager.fmodel.xray_data.twin_law=h,-k,-l", "refinement.macro_cycles=1",
+               "refinement.weight=0.5", "refinement.adp=none", "refinement.validation=off",
+               "output.prefix=%s" % (tmp_path / "twin"))
+    assert r["data"]["twin_law"] == "h,-k,-l"
+    plain = refine(helix_pdb, helix_mtz, "qm_restraints.restraints=cctbx",
+                   "refinement.macro_cycles=1", "refinement.weight=0.5", "refinement.adp=none",
+                   "refinement.validation=off", "output.prefix=%s" % (tmp_path / "plain"))
+    assert plain["data"]["twin_law"] is None
+    assert r["start"]["r_free"] != pytest.approx(plain["start"]["r_free"], abs=1e-4)
+
+
+def test_weight_search_and_validation_options_have_an_effect(helix_pdb, helix_mtz, tmp_path):
+    from qr_phenix.benchmark.perturb import Perturber
+    text, _ = Perturber(helix_pdb).run(0.3, 2)
+    start = tmp_path / "start.pdb"
+    start.write_text(text)
+    common = [start, helix_mtz, "qm_restraints.restraints=cctbx", "refinement.macro_cycles=3",
+              "refinement.adp=none", "refinement.bulk_solvent=False",
+              "refinement.shift_tolerance=-1"]
+    every = refine(*(common + ["refinement.weight_search=every", "refinement.validation=cycles",
+                               "output.prefix=%s" % (tmp_path / "every")]))
+    first = refine(*(common + ["refinement.weight_search=first", "refinement.validation=ends",
+                               "output.prefix=%s" % (tmp_path / "first")]))
+    off = refine(*(common + ["refinement.weight=0.5", "refinement.validation=off",
+                             "output.prefix=%s" % (tmp_path / "off")]))
+    assert len(every["weight"]["trials"]) >= len(first["weight"]["trials"]) + 6
+    assert all(c["clashscore"] is not None for c in every["cycles"])
+    assert first["start"]["clashscore"] is not None and first["final"]["clashscore"] is not None
+    assert first["final"]["hbonds"]["n"] > 0
+    assert all(c["clashscore"] is None for c in first["cycles"][:-1]) or \
+        first["selected_cycle"] != len(first["cycles"])
+    assert off["start"]["clashscore"] is None and off["final"]["clashscore"] is None
+    assert off["weight"]["trials"] == []
