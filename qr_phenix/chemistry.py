@@ -222,7 +222,9 @@ def residue_charge(res: _Residue, all_residues) -> Optional[ResidueCharge]:
     if n is not None:
         if _is_n_terminal(res, all_residues):  # no peptide bond to its N
             neutral_h = 1 if name == "PRO" else 2
-            q = res.hydrogens_on(n) - neutral_h
+            # fewer H is an open valence (chain break not capped), not an
+            # anion: check_hydrogens reports it
+            q = max(res.hydrogens_on(n) - neutral_h, 0)
             if q:
                 reasons.append("N-terminus: %d H on N" % res.hydrogens_on(n))
                 charge += q
@@ -312,6 +314,12 @@ def _is_n_terminal(res: _Residue, context):
         n, [r.atom("C") for r in context if r.label != res.label], 2.0)
 
 
+def _is_c_terminal(res: _Residue, context):
+    c = res.atom("C")
+    return c is not None and not _near(
+        c, [r.atom("N") for r in context if r.label != res.label], 2.0)
+
+
 def _missing_hydrogen_reason(res: _Residue, expected_ch=None, context=None):
     """Why this residue looks like it lacks hydrogens, or None.
 
@@ -330,6 +338,16 @@ def _missing_hydrogen_reason(res: _Residue, expected_ch=None, context=None):
             and res.atom("N") is not None and not _is_n_terminal(res, context)
             and res.hydrogens_on(res.atom("N")) == 0):
         return "no amide H on N"
+    if context is not None and res.resname in AMINO_ACIDS:
+        # chain ends (gaps included) need a full terminus or a cap
+        n = res.atom("N")
+        if n is not None and _is_n_terminal(res, context) and \
+                res.hydrogens_on(n) < (1 if res.resname == "PRO" else 2):
+            return "open valence at terminal N (chain break not capped?)"
+        c = res.atom("C")
+        if c is not None and res.atom("OXT") is None and res.hydrogens_on(c) == 0 \
+                and _is_c_terminal(res, context):
+            return "open valence at terminal C (chain break not capped?)"
     if expected_ch is not None:
         for i in heavy:
             name = res.names[i]

@@ -152,9 +152,11 @@ def model_units(hierarchy, log=None, split_residues=False):
     atoms = hierarchy.atoms()
     atoms.reset_i_seq()  # a select()-ed hierarchy keeps its parent's i_seqs
     residues = chemistry.residues(hierarchy)
-    # termini/disulfide/metal checks only need polymer residues and ions
+    # termini/disulfide/metal checks only need polymer residues, ions and
+    # residues with a C that can bond an N (modified residues in a chain)
     context = [r for r in residues if r.resname in chemistry.AMINO_ACIDS
-               or (r.resname in chemistry.ION_CHARGES and len(r.names) == 1)]
+               or (r.resname in chemistry.ION_CHARGES and len(r.names) == 1)
+               or "C" in r.names]
     units, assumed = [], []
     open_carbonyl = None   # (unit index, C position) of the previous residue's C=O
     for r in residues:

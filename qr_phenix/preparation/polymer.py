@@ -7,7 +7,9 @@ tautomers (HID/HIE/HIP) from the hydrogen-bond network.  The new hydrogens are
 placed by minimising them in the Amber14/TIP3P-FB force field that ships with
 OpenMM (without a force field OpenMM's crude placement leaves X-H near 1.2 A).
 Missing residues (gaps, REMARK 465) are reported, not built: inventing loops
-is a modelling decision, not preparation.
+is a modelling decision, not preparation.  The chain is cut at each gap (a
+TER record), so both ends are templated as termini; qr_phenix.preparation.model
+then makes them neutral caps.
 """
 
 import io
@@ -39,15 +41,37 @@ def _label(residue):
                          + (residue.insertionCode or "").strip())
 
 
-def complete_and_protonate(pdb_text, ph=7.0, add_missing_atoms=True):
-    """PDB text (no altlocs, no ligands) -> PolymerResult with hydrogens."""
+def _cut_chains(pdb_text, keys):
+    """Insert a TER record after each residue in `keys` ((chain id, resseq,
+    icode), stripped): OpenMM starts a new chain there."""
+    if not keys:
+        return pdb_text
+    lines = pdb_text.splitlines()
+    out = []
+    for k, line in enumerate(lines):
+        out.append(line)
+        if not line.startswith(("ATOM", "HETATM", "ANISOU")):
+            continue
+        key = (line[21].strip(), line[22:26].strip(), line[26].strip())
+        nxt = lines[k + 1] if k + 1 < len(lines) else ""
+        same = nxt.startswith(("ATOM", "HETATM", "ANISOU")) and \
+            (nxt[21].strip(), nxt[22:26].strip(), nxt[26].strip()) == key
+        if key in keys and not same:
+            out.append("TER")
+    return "\n".join(out) + "\n"
+
+
+def complete_and_protonate(pdb_text, ph=7.0, add_missing_atoms=True, cut_after=()):
+    """PDB text (no altlocs, no ligands) -> PolymerResult with hydrogens.
+    cut_after: residues ((chain id, resseq, icode)) followed by a chain break;
+    they and the residue after become termini."""
     try:
         from openmm import app
         from pdbfixer import PDBFixer
     except ImportError as e:
         raise Sorry("Model preparation needs PDBFixer and OpenMM: pip install pdbfixer"
                     " openmm (%s)" % e)
-    fixer = PDBFixer(pdbfile=io.StringIO(pdb_text))
+    fixer = PDBFixer(pdbfile=io.StringIO(_cut_chains(pdb_text, set(cut_after))))
     result = PolymerResult(pdb_text="")
     fixer.findMissingResidues()
     chains = list(fixer.topology.chains())
