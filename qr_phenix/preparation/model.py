@@ -142,7 +142,7 @@ def _remove_clashing_waters(h, report, crystal_symmetry=None, cutoff=2.2):
 XH_DISTANCE = {"C": 1.09, "N": 1.01, "O": 0.96, "S": 1.34, "P": 1.42, "Se": 1.47}
 
 
-def normalize_hydrogens(h, tolerance=0.05):
+def normalize_hydrogens(h, tolerance=0.01):
     """Put every H at the standard distance from its nearest heavy atom in the
     same residue (force-field minimisation stretches some, e.g. H-bonded
     waters).  Returns the number moved."""

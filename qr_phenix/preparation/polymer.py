@@ -10,9 +10,15 @@ Missing residues (gaps, REMARK 465) are reported, not built: inventing loops
 is a modelling decision, not preparation.  The chain is cut at each gap (a
 TER record), so both ends are templated as termini; qr_phenix.preparation.model
 then makes them neutral caps.
+
+Determinism: OpenMM starts new hydrogens at random positions (Python's
+`random`) and minimises them only loosely, and PDBFixer's heavy-atom
+minimisation may run Langevin dynamics; both are seeded here, and OpenMM
+runs on one CPU thread (see _platform).
 """
 
 import io
+import random
 from dataclasses import dataclass, field
 from typing import Dict, List
 
@@ -39,6 +45,22 @@ class PolymerResult:
 def _label(residue):
     return "%s %s %s" % (residue.chain.id or "_", residue.name, residue.id.strip()
                          + (residue.insertionCode or "").strip())
+
+
+SEED = 2024
+
+
+def _platform():
+    """OpenMM's CPU platform on one thread (with several, its force sums
+    depend on thread scheduling), else the Reference platform.  Sets the CPU
+    platform's default thread count for this process."""
+    import openmm
+    try:
+        platform = openmm.Platform.getPlatformByName("CPU")
+        platform.setPropertyDefaultValue("Threads", "1")
+    except Exception:
+        platform = openmm.Platform.getPlatformByName("Reference")
+    return platform
 
 
 def _cut_chains(pdb_text, keys):
@@ -71,7 +93,8 @@ def complete_and_protonate(pdb_text, ph=7.0, add_missing_atoms=True, cut_after=(
     except ImportError as e:
         raise Sorry("Model preparation needs PDBFixer and OpenMM: pip install pdbfixer"
                     " openmm (%s)" % e)
-    fixer = PDBFixer(pdbfile=io.StringIO(_cut_chains(pdb_text, set(cut_after))))
+    fixer = PDBFixer(pdbfile=io.StringIO(_cut_chains(pdb_text, set(cut_after))),
+                     platform=_platform())
     result = PolymerResult(pdb_text="")
     fixer.findMissingResidues()
     chains = list(fixer.topology.chains())
@@ -86,16 +109,20 @@ def complete_and_protonate(pdb_text, ph=7.0, add_missing_atoms=True, cut_after=(
                                     for r, atoms in fixer.missingAtoms.items()}
         result.added_terminals = {_label(r): list(names)
                                   for r, names in fixer.missingTerminals.items()}
-        fixer.addMissingAtoms()
+        fixer.addMissingAtoms(seed=SEED)
     n_before = sum(1 for a in fixer.topology.atoms() if a.element is not None
                    and a.element.symbol == "H")
     forcefield = app.ForceField("amber14-all.xml", "amber14/tip3pfb.xml")
+    state = random.getstate()
+    random.seed(SEED)
     try:
         fixer.addMissingHydrogens(pH=ph, forcefield=forcefield)
     except Exception as e:
         raise Sorry("PDBFixer could not add hydrogens (%s). Residues it cannot"
                     " template are usually ligands named like standard residues, or"
                     " chains with missing backbone atoms." % e)
+    finally:
+        random.setstate(state)
     result.n_hydrogens = sum(1 for a in fixer.topology.atoms() if a.element is not None
                              and a.element.symbol == "H") - n_before
     out = io.StringIO()
