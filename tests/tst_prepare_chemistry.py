@@ -110,3 +110,19 @@ def test_uncapped_chain_break_is_refused_not_charged():
     assert "A GLU 29" in str(e.value) and "A LYS 32" in str(e.value)
     res = {r.label: r for r in chemistry.residues(h)}
     assert chemistry.residue_charge(res["A LYS 32"], list(res.values())).charge == 1
+
+
+def test_a_residue_alone_between_two_gaps_is_capped_on_both_sides():
+    """OpenMM has no template for a lone amino acid: the chain is not cut
+    there, the caps are built on the mid-chain residue."""
+    h0 = iotbx.pdb.input(str(PEPTIDE)).construct_hierarchy()
+    h0 = h0.select(h0.atom_selection_cache().selection("not (resseq 28 or resseq 30:31)"))
+    h, report = _prepare(h0)
+    assert len(report.chain_breaks) == 2
+    assert report.total_charge == 0 and report.n_electrons % 2 == 0
+    names = {a.name.strip() for rg in h.residue_groups() if rg.resseq.strip() == "29"
+             for a in rg.atoms()}
+    assert {"H", "H2", "HC"} <= names
+    assert _open_valences(h) == []
+    chemistry.check_hydrogens(h)
+

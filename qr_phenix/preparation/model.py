@@ -220,6 +220,24 @@ def find_chain_breaks(h):
 CAP_CH = 1.09  # A; aldehyde C-H (XH_DISTANCE)
 
 
+def _cuts(h, known, breaks):
+    """Residues after which the chain is cut for PDBFixer: every break that
+    leaves at least two residues on each side (OpenMM has no template for a
+    lone amino acid); the other breaks are capped from mid-chain templates."""
+    after = {b[1] for b in breaks}
+    cuts = []
+    for chain in h.only_model().chains():
+        keys = [_key(chain.id, rg) for rg in chain.residue_groups()
+                if rg.atom_groups()[0].resname.strip().upper() in known
+                and rg.atom_groups()[0].resname.strip().upper() in chemistry.AMINO_ACIDS]
+        last = -1
+        for i, k in enumerate(keys):
+            if k in after and i - last >= 2 and len(keys) - 1 - i >= 2:
+                cuts.append(k)
+                last = i
+    return cuts
+
+
 def cap_chain_breaks(root, breaks):
     """Neutral caps at chain breaks (see module doc); `breaks`: [(chain id,
     key before, key after)].  Returns report lines."""
@@ -258,9 +276,20 @@ def cap_chain_breaks(root, breaks):
             on_n = [a for a in ag.atoms() if chemistry._element(a) in ("H", "D")
                     and np.linalg.norm(np.array(a.xyz) - n_xyz) < chemistry.X_H_MAX]
             keep = 1 if ag.resname.strip().upper() == "PRO" else 2
-            if len(on_n) < keep:
-                raise Sorry("Chain break after %s: %s was not made a terminus (%d H on"
-                            " N)." % (_label(chain_id, p), _label(chain_id, q), len(on_n)))
+            ca = [a for a in ag.atoms() if a.name.strip() == "CA"]
+            if len(on_n) == keep - 1 == 1 and ca:
+                # chain not cut here (mid-chain amide H): add the second H in
+                # the plane, toward where the C of the previous residue was
+                u = [(np.array(x.xyz) - n_xyz) / np.linalg.norm(np.array(x.xyz) - n_xyz)
+                     for x in (ca[0], on_n[0])]
+                v = -(u[0] + u[1])
+                atom = on_n[0].detached_copy()
+                atom.set_name(" H2 ")
+                atom.set_xyz(tuple(n_xyz + XH_DISTANCE["N"] * v / np.linalg.norm(v)))
+                ag.append_atom(atom)
+            elif len(on_n) < keep:
+                raise Sorry("Chain break after %s: %s has %d H on N." % (
+                    _label(chain_id, p), _label(chain_id, q), len(on_n)))
             # terminal templates name them H/H1, H2, H3: the last ones go
             for a in sorted(on_n, key=lambda a: a.name.strip())[keep:]:
                 ag.remove_atom(a)
@@ -340,7 +369,7 @@ def prepare_hierarchy(hierarchy, crystal_symmetry=None, ph=7.0, add_missing_atom
         hp = h.select(flex.bool(polymer_sel.tolist()))
         text = hp.as_pdb_string(crystal_symmetry=crystal_symmetry)
         res = complete_and_protonate(text, ph=ph, add_missing_atoms=add_missing_atoms,
-                                     cut_after=[b[1] for b in breaks])
+                                     cut_after=_cuts(h, known, breaks))
         report.added_heavy_atoms = res.added_heavy_atoms
         # the OXT of a residue before a break is replaced by its cap
         cut = {"%s %s" % (k[0] or "_", k[1] + k[2]) for _, k, _, _ in breaks}
