@@ -126,3 +126,115 @@ def test_a_residue_alone_between_two_gaps_is_capped_on_both_sides():
     assert _open_valences(h) == []
     chemistry.check_hydrogens(h)
 
+
+# --- charges: metal thiolates, partial selections, ligands without H --------------------
+
+CYS = """\
+ATOM      1  N   CYS A  44       9.703  -4.829  26.199  1.00  2.61           N
+ATOM      2  CA  CYS A  44       9.297  -6.100  25.640  1.00  2.63           C
+ATOM      3  C   CYS A  44       9.193  -5.995  24.124  1.00  2.53           C
+ATOM      4  O   CYS A  44       9.191  -4.891  23.556  1.00  2.85           O
+ATOM      5  CB  CYS A  44      10.296  -7.173  26.056  1.00  3.04           C
+ATOM      6  SG  CYS A  44       9.897  -8.792  25.385  1.00  3.72           S
+ATOM      7  N   ALA A  45       9.016  -7.139  23.470  1.00  2.70           N
+ATOM      8  CA  ALA A  45       8.620  -7.119  22.071  1.00  2.66           C
+ATOM      9  C   ALA A  45       8.096  -8.492  21.699  1.00  2.76           C
+ATOM     10  O   ALA A  45       8.623  -9.512  22.111  1.00  3.09           O
+ATOM     11  CB  ALA A  45       9.779  -6.798  21.129  1.00  3.02           C
+"""
+
+
+def _zinc_site():
+    """Four Cys-Ala (chains A-D, zwitterions) with SG 2.33 A from a Zn at the
+    origin, tetrahedral."""
+    src = _hierarchy(CYS)
+    xyz = np.array(src.atoms().extract_xyz())
+    sg = xyz[5]
+    centre = xyz[:6].mean(axis=0)
+    out = "CRYST1   40.000   40.000   40.000  90.00  90.00  90.00 P 1\n"
+    serial = 1
+    for k, (chain, t) in enumerate(zip("ABCD", [(1, 1, 1), (1, -1, -1), (-1, 1, -1),
+                                                 (-1, -1, 1)])):
+        t = np.array(t, dtype=float) / np.sqrt(3.0)
+        v = centre - sg
+        v /= np.linalg.norm(v)
+        # rotation taking v onto t (Rodrigues)
+        axis = np.cross(v, t)
+        s, c = np.linalg.norm(axis), float(np.dot(v, t))
+        kx = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]],
+                       [-axis[1], axis[0], 0]])
+        rot = np.eye(3) + kx + kx @ kx * ((1 - c) / s ** 2)
+        new = (xyz - sg) @ rot.T + 2.33 * t
+        for a, x in zip(src.atoms(), new):
+            rg = a.parent().parent()
+            out += "ATOM  %5d  %-3s %s %s%4s    %8.3f%8.3f%8.3f  1.00 10.00          %2s\n" % (
+                serial, a.name.strip(), a.parent().resname, chain, rg.resseq.strip(),
+                x[0], x[1], x[2], a.element.strip())
+            serial += 1
+    out += ("HETATM%5d ZN    ZN E   1       0.000   0.000   0.000  1.00 10.00          ZN\n"
+            % serial)
+    pdb_inp = iotbx.pdb.input(source_info=None, lines=out)
+    return pdb_inp.construct_hierarchy(), pdb_inp.crystal_symmetry()
+
+
+def test_zinc_tetrathiolate_site_is_minus_two():
+    h0, cs = _zinc_site()
+    h, report = _prepare(h0, cs)
+    assert len(report.thiolates) == 4 and "E ZN 1" in report.thiolates[0]
+    assert not any(a.name.strip() == "HG" for a in h.atoms())
+    assert report.total_charge == -2  # Zn2+ and four thiolates; zwitterions neutral
+    q = chemistry.assign_charge_and_multiplicity(h)
+    assert q.charge == -2 and q.multiplicity == 1
+    sg = {r.label: chemistry.residue_charge(r, chemistry.residues(h)).parts
+          for r in chemistry.residues(h) if r.resname == "CYS"}
+    assert all(p.get("side_chain") == -1 for p in sg.values())
+
+
+LYS_PEPTIDE = DATA / "1us0_A60_69.pdb"   # EKLREQVVKR
+
+
+@pytest.fixture(scope="module")
+def lys_peptide():
+    h, report = _prepare(iotbx.pdb.input(str(LYS_PEPTIDE)).construct_hierarchy())
+    h.atoms().reset_i_seq()
+    return h
+
+
+def _region_charge(h, selection):
+    from qr_phenix.qm_region import build_region, covalent_bonds
+    els = [chemistry._element(a) for a in h.atoms()]
+    sel = np.array(h.atom_selection_cache().selection(selection))
+    region = build_region(sel, els, covalent_bonds(els, np.array(h.atoms().extract_xyz())))
+    selected = np.zeros(len(els), dtype=bool)
+    selected[region.atoms] = True
+    return chemistry.assign_charge_and_multiplicity(
+        h, selected, extra_elements=["H"] * len(region.caps))
+
+
+def test_selection_through_residues_counts_only_the_groups_inside(lys_peptide):
+    h = lys_peptide
+    both = "(resseq 61 or resseq 68)"
+    assert _region_charge(h, both).charge == 2
+    # backbone of the two Lys: the NH3+ groups are outside
+    backbone = _region_charge(h, both + " and (name N or name CA or name C or name O)")
+    assert backbone.charge == 0 and backbone.charged_residues == []
+    # the amine alone (capped at NZ-CE) keeps its charge
+    assert _region_charge(h, "resseq 61 and name NZ").charge == 1
+
+
+def test_ligands_without_hydrogen_by_nature_are_accepted():
+    from libtbx.utils import Sorry
+    co = ("HETATM    1  C   CMO A   1       0.000   0.000   0.000  1.00 10.00           C\n"
+          "HETATM    2  O   CMO A   1       1.128   0.000   0.000  1.00 10.00           O\n")
+    chemistry.check_hydrogens(_hierarchy(co))
+    for name in ("CYN", "SCN", "CO3"):
+        assert chemistry.hydrogen_free(name)
+    # an acetate without its methyl H is still refused
+    act = ("HETATM    1  C   ACT A   1       0.000   0.000   0.000  1.00 10.00           C\n"
+           "HETATM    2  O   ACT A   1       0.700   1.100   0.000  1.00 10.00           O\n"
+           "HETATM    3  OXT ACT A   1       0.700  -1.100   0.000  1.00 10.00           O\n"
+           "HETATM    4  CH3 ACT A   1      -1.500   0.000   0.000  1.00 10.00           C\n")
+    with pytest.raises(Sorry, match="ACT 1 .no hydrogens"):
+        chemistry.check_hydrogens(_hierarchy(act))
+    h, report = _prepare(_hierarchy(co))
+    assert report.total_charge == 0 and report.n_hydrogens == 0

@@ -40,6 +40,7 @@ class PreparationReport:
     added_terminals: dict = field(default_factory=dict)
     missing_residues: List[str] = field(default_factory=list)
     chain_breaks: List[str] = field(default_factory=list)
+    thiolates: List[str] = field(default_factory=list)
     total_charge: int = 0
     n_electrons: int = 0
     charged_residues: List[str] = field(default_factory=list)
@@ -73,6 +74,8 @@ class PreparationReport:
             print("%schain break capped (neutral): %s" % (p, text), file=log)
         print("%sprotonation: histidines %s" % (p, ", ".join(self.histidines) or "none"),
               file=log)
+        for text in self.thiolates:
+            print("%sthiolate (metal-bound Cys, -1): %s" % (p, text), file=log)
         for text in self.ligand_choices:
             print("%sligand %s" % (p, text), file=log)
         for text in self.kept_as_is:
@@ -215,6 +218,42 @@ def find_chain_breaks(h):
                 continue
             result.append((chain.id, p, q, d))
     return result
+
+
+METAL_SG_MAX = 2.8  # A; longest metal-thiolate bond counted
+
+
+def deprotonate_metal_thiolates(root):
+    """Cys bound to a metal ion (SG within METAL_SG_MAX) lose HG: PDBFixer
+    does not see the ions.  Returns report lines."""
+    metals = []
+    for chain in root.only_model().chains():
+        for rg in chain.residue_groups():
+            atoms = list(rg.atoms())
+            name = rg.atom_groups()[0].resname.strip().upper()
+            if len(atoms) == 1 and chemistry.ION_CHARGES.get(name, 0) > 0:
+                metals.append((np.array(atoms[0].xyz), _label(chain.id, rg)))
+    lines = []
+    if not metals:
+        return lines
+    for chain in root.only_model().chains():
+        for rg in chain.residue_groups():
+            ag = rg.atom_groups()[0]
+            if ag.resname.strip().upper() not in ("CYS", "CYM"):
+                continue
+            sg = [a for a in ag.atoms() if a.name.strip() == "SG"]
+            if not sg:
+                continue
+            s_xyz = np.array(sg[0].xyz)
+            d, label = min((float(np.linalg.norm(x - s_xyz)), lab) for x, lab in metals)
+            if d > METAL_SG_MAX:
+                continue
+            for a in list(ag.atoms()):
+                if chemistry._element(a) in ("H", "D") and \
+                        np.linalg.norm(np.array(a.xyz) - s_xyz) < chemistry.S_H_MAX:
+                    ag.remove_atom(a)
+            lines.append("%s (SG %.2f A from %s)" % (_label(chain.id, rg), d, label))
+    return lines
 
 
 CAP_CH = 1.09  # A; aldehyde C-H (XH_DISTANCE)
@@ -436,6 +475,7 @@ def prepare_hierarchy(hierarchy, crystal_symmetry=None, ph=7.0, add_missing_atom
             new_chain.append_residue_group(new_rg)
         model.append_chain(new_chain)
     report.chain_breaks = cap_chain_breaks(root, breaks)
+    report.thiolates = deprotonate_metal_thiolates(root)
     root.atoms_reset_serial()
     report.normalized_hydrogens = normalize_hydrogens(root)
     # round trip through text: what is reported is what a reader of the file
