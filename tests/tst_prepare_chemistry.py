@@ -238,3 +238,25 @@ def test_ligands_without_hydrogen_by_nature_are_accepted():
         chemistry.check_hydrogens(_hierarchy(act))
     h, report = _prepare(_hierarchy(co))
     assert report.total_charge == 0 and report.n_hydrogens == 0
+
+
+# --- symmetry images -------------------------------------------------------------------
+
+def test_water_on_a_special_position_gives_one_image():
+    """P4, water O on the 2-fold at (1/2, 0, z): the 2-fold maps it onto itself
+    (its H do not follow), and 4+ and 4- give the same copies, at (0, +-1/2)
+    and (1, +-1/2), 8.5 A away: each copy once, nothing on the water itself."""
+    from cctbx import crystal
+    from qr_phenix.fragmentation.partition import Unit, symmetry_images
+    cs = crystal.symmetry(unit_cell=(12, 12, 30, 90, 90, 90), space_group_symbol="P4")
+    sites = np.array([[6.0, 0.0, 5.0], [6.6, 0.7, 5.3], [5.3, 0.5, 4.8]])  # O, H, H
+    units = [Unit(label="W HOH 1", atoms=np.arange(3), charge=0)]
+    images, image_units = symmetry_images(sites, units, cs, 9.5,
+                                          heavy=[True, False, False])
+    assert len(image_units) == 4
+    o = images.sites(sites)[::3]
+    frac = {tuple(np.round(x / 12.0, 3)[:2]) for x in o}
+    assert frac == {(0.0, 0.5), (0.0, -0.5), (1.0, 0.5), (1.0, -0.5)}
+    all_sites = np.vstack([sites, images.sites(sites)])
+    d = np.linalg.norm(all_sites[:, None] - all_sites[None], axis=2)
+    assert d[np.triu_indices(len(all_sites), 1)].min() > 0.5
