@@ -207,12 +207,10 @@ def residue_charge(res: _Residue, all_residues) -> Optional[ResidueCharge]:
             n_h = sum(res.hydrogens_on(x, cutoff) for x in present)
             q = n_h - neutral_h
             if name in ("CYS", "CYM") and q < 0:
-                # disulfide or metal-bound thiolate counts as neutral S-S / S-M
-                sg = present[0]
+                # disulfide S-S is neutral; an S bound to a metal is a thiolate
+                # (-1), the metal keeps its own charge: Zn(Cys)4 is -2
                 others = [r.atom("SG") for r in all_residues if r.label != res.label]
-                metals = [r.xyz[0] for r in all_residues
-                          if r.resname in ION_CHARGES and len(r.names) == 1]
-                if _near(sg, others, 2.5) or _near(sg, metals, 2.8):
+                if _near(present[0], others, 2.5):
                     q = 0
             if q:
                 reasons.append("side chain %s: %d H" % ("/".join(atoms), n_h))
@@ -222,7 +220,9 @@ def residue_charge(res: _Residue, all_residues) -> Optional[ResidueCharge]:
     if n is not None:
         if _is_n_terminal(res, all_residues):  # no peptide bond to its N
             neutral_h = 1 if name == "PRO" else 2
-            q = res.hydrogens_on(n) - neutral_h
+            # fewer H is an open valence (chain break not capped), not an
+            # anion: check_hydrogens reports it
+            q = max(res.hydrogens_on(n) - neutral_h, 0)
             if q:
                 reasons.append("N-terminus: %d H on N" % res.hydrogens_on(n))
                 charge += q
@@ -235,6 +235,35 @@ def residue_charge(res: _Residue, all_residues) -> Optional[ResidueCharge]:
             charge -= 1
             parts["c_terminus"] = -1
     return ResidueCharge(res.label, charge, "; ".join(reasons) or "neutral", parts)
+
+
+#: heavy atoms that carry each charged part of an amino acid (residue_charge
+#: parts); a part counts in a selection only when all of them are selected,
+#: as a fragment counts the charge of the group (N, side chain, C) it holds
+def _part_sites(resname, part):
+    if part == "side_chain":
+        return SIDE_CHAIN_SITES[resname][0]
+    return ("N",) if part == "n_terminus" else ("O", "OXT")
+
+
+def selected_charge(res: _Residue, rc: Optional[ResidueCharge], selected):
+    """The part of residue charge `rc` inside the selection (`selected`: bool
+    per model atom): charged groups cut off by the selection do not count."""
+    if rc is None or all(selected[i] for i in res.i_seqs):
+        return rc
+    if res.resname in AMINO_ACIDS:
+        parts = {}
+        for part, q in rc.parts.items():
+            sites = [res.i_seqs[res.names.index(n)] for n in _part_sites(res.resname, part)
+                     if n in res.names]
+            if sites and all(selected[i] for i in sites):
+                parts[part] = q
+        reason = "; ".join(parts) + " (in the selection)" if parts else "neutral"
+        return ResidueCharge(rc.label, sum(parts.values()), reason, parts)
+    if any(res.formal_charges):
+        q = sum(c for i, c in zip(res.i_seqs, res.formal_charges) if selected[i])
+        return ResidueCharge(rc.label, q, "formal charges of the selected atoms")
+    return rc
 
 
 def n_electrons_neutral(elements):
@@ -263,6 +292,8 @@ def assign_charge_and_multiplicity(hierarchy, selection=None, charge=None,
                 elements.append(e)
     elements.extend(extra_elements)
     charges = [residue_charge(r, context) for r in res]
+    if sel is not None:
+        charges = [selected_charge(r, c, sel) for r, c in zip(res, charges)]
     result = ChargeAssignment(
         charge=0, multiplicity=1, n_electrons=0,
         charged_residues=[c for c in charges if c is not None and c.charge != 0],
@@ -312,6 +343,12 @@ def _is_n_terminal(res: _Residue, context):
         n, [r.atom("C") for r in context if r.label != res.label], 2.0)
 
 
+def _is_c_terminal(res: _Residue, context):
+    c = res.atom("C")
+    return c is not None and not _near(
+        c, [r.atom("N") for r in context if r.label != res.label], 2.0)
+
+
 def _missing_hydrogen_reason(res: _Residue, expected_ch=None, context=None):
     """Why this residue looks like it lacks hydrogens, or None.
 
@@ -324,12 +361,22 @@ def _missing_hydrogen_reason(res: _Residue, expected_ch=None, context=None):
     if res.resname in ION_CHARGES and len(res.names) == 1:
         return None
     has_carbon = any(res.elements[i] == "C" for i in heavy)
-    if has_carbon and n_h == 0:
+    if has_carbon and n_h == 0 and not hydrogen_free(res.resname):
         return "no hydrogens"
     if (context is not None and res.resname in AMINO_ACIDS and res.resname != "PRO"
             and res.atom("N") is not None and not _is_n_terminal(res, context)
             and res.hydrogens_on(res.atom("N")) == 0):
         return "no amide H on N"
+    if context is not None and res.resname in AMINO_ACIDS:
+        # chain ends (gaps included) need a full terminus or a cap
+        n = res.atom("N")
+        if n is not None and _is_n_terminal(res, context) and \
+                res.hydrogens_on(n) < (1 if res.resname == "PRO" else 2):
+            return "open valence at terminal N (chain break not capped?)"
+        c = res.atom("C")
+        if c is not None and res.atom("OXT") is None and res.hydrogens_on(c) == 0 \
+                and _is_c_terminal(res, context):
+            return "open valence at terminal C (chain break not capped?)"
     if expected_ch is not None:
         for i in heavy:
             name = res.names[i]
@@ -337,6 +384,30 @@ def _missing_hydrogen_reason(res: _Residue, expected_ch=None, context=None):
             if want is not None and res.hydrogens_on(res.xyz[i]) < want:
                 return "%s has %d of %d H" % (name, res.hydrogens_on(res.xyz[i]), want)
     return None
+
+
+#: carbon-containing ligands without hydrogen: CO, CN-, SCN-, CO3 2-, CO2, oxalate
+NO_HYDROGEN_LIGANDS = {"CMO", "CYN", "SCN", "CO3", "CO2", "OXL"}
+_NO_H_CACHE = {}
+
+
+def hydrogen_free(resname):
+    """True for a ligand that has no hydrogen by nature: the list above, or a
+    Chemical Component Dictionary entry without H (biotite's copy, if
+    installed)."""
+    if resname in NO_HYDROGEN_LIGANDS or resname in WATER:
+        return resname in NO_HYDROGEN_LIGANDS
+    if resname not in _NO_H_CACHE:
+        result = False
+        if resname not in AMINO_ACIDS:
+            try:
+                import biotite.structure.info as info
+                elements = [str(e).upper() for e in info.residue(resname).element]
+                result = len(elements) > 0 and not ({"H", "D"} & set(elements))
+            except Exception:  # no biotite, or not in the CCD
+                result = False
+        _NO_H_CACHE[resname] = result
+    return _NO_H_CACHE[resname]
 
 
 _CH_CACHE = {}

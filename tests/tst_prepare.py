@@ -81,3 +81,17 @@ def test_existing_output_is_refused(prepared):
                         logger=null_out())
     finally:
         os.chdir(cwd)
+
+
+def test_prepare_gives_the_same_model_every_time(prepared):
+    """OpenMM's multi-threaded CPU platform, unseeded Langevin steps for rebuilt
+    side chains and random hydrogen starts made runs differ (and so, now and
+    then, the total charge and the largest X-H distance)."""
+    from libtbx.utils import null_out
+    from qr_phenix.preparation import prepare_file
+    _, out = prepared
+    again, cs, _ = prepare_file(ENTRY, log=null_out())
+    first = [l for l in open(out).read().splitlines() if l.startswith(("ATOM", "HETATM"))]
+    second = [l for l in again.as_pdb_string(crystal_symmetry=cs).splitlines()
+              if l.startswith(("ATOM", "HETATM"))]
+    assert first == second

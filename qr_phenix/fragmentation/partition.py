@@ -152,11 +152,11 @@ def model_units(hierarchy, log=None, split_residues=False):
     atoms = hierarchy.atoms()
     atoms.reset_i_seq()  # a select()-ed hierarchy keeps its parent's i_seqs
     residues = chemistry.residues(hierarchy)
-    # termini/disulfide/metal checks only need polymer residues (modified
-    # amino acids such as NEP included: C and CA) and ions
+    # termini/disulfide/metal checks only need polymer residues, ions and
+    # residues with a C that can bond an N (modified residues in a chain)
     context = [r for r in residues if r.resname in chemistry.AMINO_ACIDS
                or (r.resname in chemistry.ION_CHARGES and len(r.names) == 1)
-               or (r.atom("C") is not None and r.atom("CA") is not None)]
+               or "C" in r.names]
     units, assumed = [], []
     open_carbonyl = None   # (unit index, C position) of the previous residue's C=O
     for r in residues:
@@ -227,7 +227,8 @@ def _amino_acid_groups(res):
 
 # --- crystal symmetry images --------------------------------------------------------------
 
-def symmetry_images(sites, units, crystal_symmetry, cutoff, unit_neighbours=None):
+def symmetry_images(sites, units, crystal_symmetry, cutoff, unit_neighbours=None,
+                    heavy=None):
     """Whole residues of symmetry copies with an atom within `cutoff` of the model.
 
     unit_neighbours: {unit: set of covalently bonded units}; the bonded
@@ -237,6 +238,10 @@ def symmetry_images(sites, units, crystal_symmetry, cutoff, unit_neighbours=None
     Lattice translations count too (P1 included): a P1 box made around a
     molecule with a 5 A margin has no copy within the cutoff, a real P1
     crystal does.
+    heavy: bool per atom (None: all).  An image residue with a heavy atom on
+    a model heavy atom or on one of an image already taken is left out: a
+    residue on a special position maps onto itself (its hydrogens need not),
+    and several operators can give the same copy.
     """
     n = len(sites)
     empty = (SymmetryImages(), [])
@@ -249,6 +254,9 @@ def symmetry_images(sites, units, crystal_symmetry, cutoff, unit_neighbours=None
     frac = np.array(uc.fractionalization_matrix()).reshape(3, 3)
     f = sites @ frac.T
     tree = cKDTree(sites)
+    heavy = np.ones(n, dtype=bool) if heavy is None else np.asarray(heavy, dtype=bool)
+    heavy_tree = cKDTree(sites[heavy]) if heavy.any() else tree
+    taken, taken_tree = [], None   # heavy sites of the images taken
     unit_of = np.full(n, -1, dtype=int)
     for k, u in enumerate(units):
         unit_of[u.atoms] = k
@@ -285,13 +293,20 @@ def symmetry_images(sites, units, crystal_symmetry, cutoff, unit_neighbours=None
                     if unit_neighbours:
                         for k in list(chosen):
                             chosen.update(unit_neighbours.get(k, ()))
+                    new_taken = []
                     for k in sorted(chosen):
                         ids = units[k].atoms
-                        xs = x[ids]
-                        # skip residues whose image coincides with the model
-                        dd, _ = tree.query(xs)
-                        if np.all(dd < 0.3):
+                        xs = x[ids][heavy[ids]] if heavy[ids].any() else x[ids]
+                        # skip residues whose image coincides with the model or
+                        # with an image already taken
+                        if np.any(heavy_tree.query(xs)[0] < 0.3):
                             continue
+                        if taken_tree is not None and np.any(taken_tree.query(xs)[0] < 0.3):
+                            continue
+                        if any(np.any(np.linalg.norm(xs[:, None] - y[None], axis=2) < 0.3)
+                               for y in new_taken):
+                            continue
+                        new_taken.append(xs)
                         src.append(ids)
                         rot.append(np.repeat(r_cart[None], len(ids), axis=0))
                         tra.append(np.repeat(t_cart[None], len(ids), axis=0))
@@ -301,6 +316,9 @@ def symmetry_images(sites, units, crystal_symmetry, cutoff, unit_neighbours=None
                             atoms=np.arange(next_index, next_index + len(ids)),
                             charge=units[k].charge, source=k))
                         next_index += len(ids)
+                    if new_taken:
+                        taken.extend(new_taken)
+                        taken_tree = cKDTree(np.vstack(taken))
     if not src:
         return empty
     images = SymmetryImages(source=np.concatenate(src), rotation=np.concatenate(rot),
@@ -367,7 +385,8 @@ def build_partition(hierarchy, sites, crystal_symmetry=None, core_size=40,
                 unit_neighbours.setdefault(int(a), set()).add(int(b))
                 unit_neighbours.setdefault(int(b), set()).add(int(a))
         images, image_units = symmetry_images(sites, units, crystal_symmetry,
-                                              buffer_radius + 3.0, unit_neighbours)
+                                              buffer_radius + 3.0, unit_neighbours,
+                                              heavy=[e not in ("H", "D") for e in elements])
     ext_elements = elements + [elements[i] for i in images.source]
     all_units = units + image_units
     ext_sites = sites if len(images) == 0 else np.vstack([sites, images.sites(sites)])

@@ -10,7 +10,11 @@ Steps (each reported):
    they are;
 4. merge in the original residue order, keep B-factors of existing atoms (new
    atoms get their residue's mean B), write the total charge per residue
-   class and the protonation choices.
+   class and the protonation choices;
+5. chain breaks (missing loops) get neutral caps, so no open valence reaches a
+   QM engine: the residue before the gap a C-terminal aldehyde H (HC, on the
+   C-N line, the monomer library's CF-COH), the residue after it an NH2 (NH
+   for PRO).
 """
 
 import sys
@@ -37,6 +41,8 @@ class PreparationReport:
     added_heavy_atoms: dict = field(default_factory=dict)
     added_terminals: dict = field(default_factory=dict)
     missing_residues: List[str] = field(default_factory=list)
+    chain_breaks: List[str] = field(default_factory=list)
+    thiolates: List[str] = field(default_factory=list)
     total_charge: int = 0
     n_electrons: int = 0
     charged_residues: List[str] = field(default_factory=list)
@@ -66,8 +72,12 @@ class PreparationReport:
             print("%sadded terminal atoms to %s: %s" % (p, label, " ".join(names)), file=log)
         for text in self.missing_residues:
             print("%smissing residues NOT built: %s" % (p, text), file=log)
+        for text in self.chain_breaks:
+            print("%schain break capped (neutral): %s" % (p, text), file=log)
         print("%sprotonation: histidines %s" % (p, ", ".join(self.histidines) or "none"),
               file=log)
+        for text in self.thiolates:
+            print("%sthiolate (metal-bound Cys, -1): %s" % (p, text), file=log)
         for text in self.ligand_choices:
             print("%sligand %s" % (p, text), file=log)
         for text in self.kept_as_is:
@@ -137,7 +147,7 @@ def _remove_clashing_waters(h, report, crystal_symmetry=None, cutoff=2.2):
 XH_DISTANCE = {"C": 1.09, "N": 1.01, "O": 0.96, "S": 1.34, "P": 1.42, "Se": 1.47}
 
 
-def normalize_hydrogens(h, tolerance=0.05):
+def normalize_hydrogens(h, tolerance=0.01):
     """Put every H at the standard distance from its nearest heavy atom in the
     same residue (force-field minimisation stretches some, e.g. H-bonded
     waters).  Returns the number moved."""
@@ -268,6 +278,170 @@ def _key(chain_id, rg):
     return (chain_id.strip(), rg.resseq.strip(), rg.icode.strip())
 
 
+PEPTIDE_BOND_MAX = 2.0  # A; a longer C...N is no bond
+CA_CA_MAX = 4.3         # A; consecutive CA (3.8 A) when C or N is missing
+
+
+def find_chain_breaks(h):
+    """[(chain id, residue before, residue after, C-N distance or None)] for
+    consecutive amino acids of a chain that are not bonded, where neither the
+    C before nor the N after is bonded to another residue (a modified
+    residue or ligand between them)."""
+    from scipy.spatial import cKDTree
+    atoms = h.atoms()
+    atoms.reset_i_seq()
+    xyz = np.array(atoms.extract_xyz())
+    if len(xyz) == 0:
+        return []
+    heavy = np.array([chemistry._element(a) not in ("H", "D") for a in atoms])
+    tree = cKDTree(xyz)
+
+    def free(atom, own):
+        return not any(heavy[j] and j not in own
+                       for j in tree.query_ball_point(atom.xyz, PEPTIDE_BOND_MAX))
+
+    result = []
+    for chain in h.only_model().chains():
+        residues = [rg for rg in chain.residue_groups()
+                    if rg.atom_groups()[0].resname.strip().upper() in chemistry.AMINO_ACIDS]
+        for p, q in zip(residues[:-1], residues[1:]):
+            ap = {a.name.strip(): a for a in p.atom_groups()[0].atoms()}
+            aq = {a.name.strip(): a for a in q.atom_groups()[0].atoms()}
+            if "C" in ap and "N" in aq:
+                d = float(np.linalg.norm(np.subtract(ap["C"].xyz, aq["N"].xyz)))
+                if d <= PEPTIDE_BOND_MAX or not (
+                        free(ap["C"], {a.i_seq for a in p.atoms()})
+                        and free(aq["N"], {a.i_seq for a in q.atoms()})):
+                    continue
+            elif "CA" in ap and "CA" in aq:
+                d = None
+                if np.linalg.norm(np.subtract(ap["CA"].xyz, aq["CA"].xyz)) <= CA_CA_MAX:
+                    continue
+            else:
+                continue
+            result.append((chain.id, p, q, d))
+    return result
+
+
+METAL_SG_MAX = 2.8  # A; longest metal-thiolate bond counted
+
+
+def deprotonate_metal_thiolates(root):
+    """Cys bound to a metal ion (SG within METAL_SG_MAX) lose HG: PDBFixer
+    does not see the ions.  Returns report lines."""
+    metals = []
+    for chain in root.only_model().chains():
+        for rg in chain.residue_groups():
+            atoms = list(rg.atoms())
+            name = rg.atom_groups()[0].resname.strip().upper()
+            if len(atoms) == 1 and chemistry.ION_CHARGES.get(name, 0) > 0:
+                metals.append((np.array(atoms[0].xyz), _label(chain.id, rg)))
+    lines = []
+    if not metals:
+        return lines
+    for chain in root.only_model().chains():
+        for rg in chain.residue_groups():
+            ag = rg.atom_groups()[0]
+            if ag.resname.strip().upper() not in ("CYS", "CYM"):
+                continue
+            sg = [a for a in ag.atoms() if a.name.strip() == "SG"]
+            if not sg:
+                continue
+            s_xyz = np.array(sg[0].xyz)
+            d, label = min((float(np.linalg.norm(x - s_xyz)), lab) for x, lab in metals)
+            if d > METAL_SG_MAX:
+                continue
+            for a in list(ag.atoms()):
+                if chemistry._element(a) in ("H", "D") and \
+                        np.linalg.norm(np.array(a.xyz) - s_xyz) < chemistry.S_H_MAX:
+                    ag.remove_atom(a)
+            lines.append("%s (SG %.2f A from %s)" % (_label(chain.id, rg), d, label))
+    return lines
+
+
+CAP_CH = 1.09  # A; aldehyde C-H (XH_DISTANCE)
+
+
+def _cuts(h, known, breaks):
+    """Residues after which the chain is cut for PDBFixer: every break that
+    leaves at least two residues on each side (OpenMM has no template for a
+    lone amino acid); the other breaks are capped from mid-chain templates."""
+    after = {b[1] for b in breaks}
+    cuts = []
+    for chain in h.only_model().chains():
+        keys = [_key(chain.id, rg) for rg in chain.residue_groups()
+                if rg.atom_groups()[0].resname.strip().upper() in known
+                and rg.atom_groups()[0].resname.strip().upper() in chemistry.AMINO_ACIDS]
+        last = -1
+        for i, k in enumerate(keys):
+            if k in after and i - last >= 2 and len(keys) - 1 - i >= 2:
+                cuts.append(k)
+                last = i
+    return cuts
+
+
+def cap_chain_breaks(root, breaks):
+    """Neutral caps at chain breaks (see module doc); `breaks`: [(chain id,
+    key before, key after)].  Returns report lines."""
+    by_key = {}
+    for chain in root.only_model().chains():
+        for rg in chain.residue_groups():
+            by_key.setdefault(_key(chain.id, rg), rg)
+    lines = []
+    for chain_id, kp, kq, d in breaks:
+        p, q = by_key.get(kp), by_key.get(kq)
+        if p is None or q is None:
+            continue
+        done = []
+        ag = p.atom_groups()[0]
+        names = {a.name.strip(): a for a in ag.atoms()}
+        if all(n in names for n in ("CA", "C", "O")) and "HC" not in names:
+            c = np.array(names["C"].xyz)
+            for a in list(ag.atoms()):
+                # the terminal O and its H (from the terminal template)
+                if a.name.strip() in ("OXT", "HXT"):
+                    ag.remove_atom(a)
+            u = [(np.array(names[n].xyz) - c) / np.linalg.norm(np.array(names[n].xyz) - c)
+                 for n in ("CA", "O")]
+            v = -(u[0] + u[1])
+            atom = names["C"].detached_copy()
+            atom.set_name(" HC ")
+            atom.set_element(" H")
+            atom.set_charge("  ")
+            atom.set_xyz(tuple(c + CAP_CH * v / np.linalg.norm(v)))
+            ag.append_atom(atom)
+            done.append("%s HC" % _label(chain_id, p))
+        ag = q.atom_groups()[0]
+        n_atom = [a for a in ag.atoms() if a.name.strip() == "N"]
+        if n_atom:
+            n_xyz = np.array(n_atom[0].xyz)
+            on_n = [a for a in ag.atoms() if chemistry._element(a) in ("H", "D")
+                    and np.linalg.norm(np.array(a.xyz) - n_xyz) < chemistry.X_H_MAX]
+            keep = 1 if ag.resname.strip().upper() == "PRO" else 2
+            ca = [a for a in ag.atoms() if a.name.strip() == "CA"]
+            if len(on_n) == keep - 1 == 1 and ca:
+                # chain not cut here (mid-chain amide H): add the second H in
+                # the plane, toward where the C of the previous residue was
+                u = [(np.array(x.xyz) - n_xyz) / np.linalg.norm(np.array(x.xyz) - n_xyz)
+                     for x in (ca[0], on_n[0])]
+                v = -(u[0] + u[1])
+                atom = on_n[0].detached_copy()
+                atom.set_name(" H2 ")
+                atom.set_xyz(tuple(n_xyz + XH_DISTANCE["N"] * v / np.linalg.norm(v)))
+                ag.append_atom(atom)
+            elif len(on_n) < keep:
+                raise Sorry("Chain break after %s: %s has %d H on N." % (
+                    _label(chain_id, p), _label(chain_id, q), len(on_n)))
+            # terminal templates name them H/H1, H2, H3: the last ones go
+            for a in sorted(on_n, key=lambda a: a.name.strip())[keep:]:
+                ag.remove_atom(a)
+            done.append("%s %s" % (_label(chain_id, q), "NH" if keep == 1 else "NH2"))
+        lines.append("%s | %s%s: %s" % (
+            _label(chain_id, p), _label(chain_id, q),
+            " (C-N %.1f A)" % d if d is not None else "", ", ".join(done)))
+    return lines
+
+
 def prepare_hierarchy(hierarchy, crystal_symmetry=None, ph=7.0, add_missing_atoms=True,
                       ligands="ccd", log=None, dictionaries=None):
     """Return (new hierarchy, PreparationReport).  `ligands`: ccd (add H from the
@@ -328,14 +502,22 @@ def prepare_hierarchy(hierarchy, crystal_symmetry=None, ph=7.0, add_missing_atom
             if not is_polymer:
                 ligand_groups.append((chain.id, rg))
     polymer_sel = np.array(polymer_sel, dtype=bool)
+    breaks = [(cid, _key(cid, p), _key(cid, q), d) for cid, p, q, d in find_chain_breaks(h)
+              if p.atom_groups()[0].resname.strip().upper() in known
+              and q.atom_groups()[0].resname.strip().upper() in known]
     from scitbx.array_family import flex
     sources = {}
     if polymer_sel.any():
         hp = h.select(flex.bool(polymer_sel.tolist()))
         text = hp.as_pdb_string(crystal_symmetry=crystal_symmetry)
-        res = complete_and_protonate(text, ph=ph, add_missing_atoms=add_missing_atoms)
+        res = complete_and_protonate(text, ph=ph, add_missing_atoms=add_missing_atoms,
+                                     cut_after=_cuts(h, known, breaks))
         report.added_heavy_atoms = res.added_heavy_atoms
-        report.added_terminals = res.added_terminals
+        # the OXT of a residue before a break is replaced by its cap
+        cut = {"%s %s" % (k[0] or "_", k[1] + k[2]) for _, k, _, _ in breaks}
+        report.added_terminals = {
+            label: names for label, names in res.added_terminals.items()
+            if "%s %s" % (label.split()[0], label.split()[-1]) not in cut}
         report.missing_residues = res.missing_residues
         fixed = iotbx.pdb.input(source_info=None, lines=res.pdb_text).construct_hierarchy()
         for chain in fixed.only_model().chains():
@@ -408,6 +590,8 @@ def prepare_hierarchy(hierarchy, crystal_symmetry=None, ph=7.0, add_missing_atom
                         a.hetero = hetero
             new_chain.append_residue_group(new_rg)
         model.append_chain(new_chain)
+    report.chain_breaks = cap_chain_breaks(root, breaks)
+    report.thiolates = deprotonate_metal_thiolates(root)
     root.atoms_reset_serial()
     report.normalized_hydrogens = normalize_hydrogens(root)
     # round trip through text: what is reported is what a reader of the file

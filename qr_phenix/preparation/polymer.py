@@ -7,10 +7,18 @@ tautomers (HID/HIE/HIP) from the hydrogen-bond network.  The new hydrogens are
 placed by minimising them in the Amber14/TIP3P-FB force field that ships with
 OpenMM (without a force field OpenMM's crude placement leaves X-H near 1.2 A).
 Missing residues (gaps, REMARK 465) are reported, not built: inventing loops
-is a modelling decision, not preparation.
+is a modelling decision, not preparation.  The chain is cut at each gap (a
+TER record), so both ends are templated as termini; qr_phenix.preparation.model
+then makes them neutral caps.
+
+Determinism: OpenMM starts new hydrogens at random positions (Python's
+`random`) and minimises them only loosely, and PDBFixer's heavy-atom
+minimisation may run Langevin dynamics; both are seeded here, and OpenMM
+runs on one CPU thread (see _platform).
 """
 
 import io
+import random
 from dataclasses import dataclass, field
 from typing import Dict, List
 
@@ -39,15 +47,54 @@ def _label(residue):
                          + (residue.insertionCode or "").strip())
 
 
-def complete_and_protonate(pdb_text, ph=7.0, add_missing_atoms=True):
-    """PDB text (no altlocs, no ligands) -> PolymerResult with hydrogens."""
+SEED = 2024
+
+
+def _platform():
+    """OpenMM's CPU platform on one thread (with several, its force sums
+    depend on thread scheduling), else the Reference platform.  Sets the CPU
+    platform's default thread count for this process."""
+    import openmm
+    try:
+        platform = openmm.Platform.getPlatformByName("CPU")
+        platform.setPropertyDefaultValue("Threads", "1")
+    except Exception:
+        platform = openmm.Platform.getPlatformByName("Reference")
+    return platform
+
+
+def _cut_chains(pdb_text, keys):
+    """Insert a TER record after each residue in `keys` ((chain id, resseq,
+    icode), stripped): OpenMM starts a new chain there."""
+    if not keys:
+        return pdb_text
+    lines = pdb_text.splitlines()
+    out = []
+    for k, line in enumerate(lines):
+        out.append(line)
+        if not line.startswith(("ATOM", "HETATM", "ANISOU")):
+            continue
+        key = (line[21].strip(), line[22:26].strip(), line[26].strip())
+        nxt = lines[k + 1] if k + 1 < len(lines) else ""
+        same = nxt.startswith(("ATOM", "HETATM", "ANISOU")) and \
+            (nxt[21].strip(), nxt[22:26].strip(), nxt[26].strip()) == key
+        if key in keys and not same:
+            out.append("TER")
+    return "\n".join(out) + "\n"
+
+
+def complete_and_protonate(pdb_text, ph=7.0, add_missing_atoms=True, cut_after=()):
+    """PDB text (no altlocs, no ligands) -> PolymerResult with hydrogens.
+    cut_after: residues ((chain id, resseq, icode)) followed by a chain break;
+    they and the residue after become termini."""
     try:
         from openmm import app
         from pdbfixer import PDBFixer
     except ImportError as e:
         raise Sorry("Model preparation needs PDBFixer and OpenMM: pip install pdbfixer"
                     " openmm (%s)" % e)
-    fixer = PDBFixer(pdbfile=io.StringIO(pdb_text))
+    fixer = PDBFixer(pdbfile=io.StringIO(_cut_chains(pdb_text, set(cut_after))),
+                     platform=_platform())
     result = PolymerResult(pdb_text="")
     fixer.findMissingResidues()
     chains = list(fixer.topology.chains())
@@ -62,16 +109,20 @@ def complete_and_protonate(pdb_text, ph=7.0, add_missing_atoms=True):
                                     for r, atoms in fixer.missingAtoms.items()}
         result.added_terminals = {_label(r): list(names)
                                   for r, names in fixer.missingTerminals.items()}
-        fixer.addMissingAtoms()
+        fixer.addMissingAtoms(seed=SEED)
     n_before = sum(1 for a in fixer.topology.atoms() if a.element is not None
                    and a.element.symbol == "H")
     forcefield = app.ForceField("amber14-all.xml", "amber14/tip3pfb.xml")
+    state = random.getstate()
+    random.seed(SEED)
     try:
         fixer.addMissingHydrogens(pH=ph, forcefield=forcefield)
     except Exception as e:
         raise Sorry("PDBFixer could not add hydrogens (%s). Residues it cannot"
                     " template are usually ligands named like standard residues, or"
                     " chains with missing backbone atoms." % e)
+    finally:
+        random.setstate(state)
     result.n_hydrogens = sum(1 for a in fixer.topology.atoms() if a.element is not None
                              and a.element.symbol == "H") - n_before
     out = io.StringIO()
