@@ -39,3 +39,9 @@ def _preload_openblas():
 
 
 _preload_openblas()
+
+# cctbx's Boost.Python extensions segfault at import when scipy.spatial was
+# imported first (cctbx-base 2025.11, scipy 1.x wheels: `import scipy.spatial;
+# import iotbx.pdb` crashes).  Loading Boost.Python here, before any qr_phenix
+# module imports scipy, makes every import order safe.
+import boost_adaptbx.boost.python  # noqa: E402,F401
