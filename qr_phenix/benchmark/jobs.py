@@ -44,7 +44,8 @@ COST = {
     "bp86": "> 10 min per gradient (PySCF BP86/def2-SVP): days per refinement on 2 cores",
 }
 # the published protocol: coordinates only, no bulk solvent (the data have none)
-COMMON_ARGS = ["refinement.bulk_solvent=False", "refinement.adp=none", "output.overwrite=True"]
+COMMON_ARGS = ["refinement.bulk_solvent=False", "refinement.adp=none",
+               "refinement.validation=ends", "output.overwrite=True"]
 
 
 @dataclass

@@ -126,6 +126,11 @@ class AdpRefinement:
         self.h_parent, self.heavy_bonds = _bonded_pairs(model)
         self.groups = _residue_groups(model) if mode == "group" else None
         self.last_trials: List[AdpTrial] = []
+        xrs = self._xrs()
+        self.n_converted = xrs.use_u_aniso().count(True)
+        if self.n_converted:   # isotropic B only (ANISOU records of the input)
+            xrs.convert_to_isotropic()
+            self.fmodel.update_xray_structure(xray_structure=xrs, update_f_calc=True)
 
     # -- helpers ---------------------------------------------------------------
     def _xrs(self):

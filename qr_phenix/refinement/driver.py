@@ -31,6 +31,7 @@ def termination(max_iterations):
 MAX_SAFETY_STEPS = 2
 ANNEAL_MIN_R_FREE_GAIN = 0.02   # anneal=auto: trial R-free this much below the chosen one
 MAX_EXTRA_TRIALS = 6
+STALE_CYCLES = 4           # stop when the model to hand back is this many cycles old
 GAP_STEP_MIN = 0.002       # ...while halving the scale shrinks R-free - R-work by this       # weight search toward stronger restraints: down to scale/64
 # The weight chosen by trials from a far-off start is often too cautious later:
 # the start's transient distortions make every strong data weight look
@@ -320,6 +321,12 @@ class MacroCycleRefinement:
                 result.converged = True
                 print("Converged: R and coordinate shifts below tolerance (max shift %.4f A)"
                       % shift, file=self.log)
+                break
+            if self.uses_data and not result.annealing and \
+                    len(result.cycles) - self._best[0] >= STALE_CYCLES:
+                result.converged = True
+                print("Stopped: no better model in the last %d cycles (best: cycle %d)"
+                      % (STALE_CYCLES, self._best[0]), file=self.log)
                 break
         self._hand_back(result)
         return result

@@ -62,8 +62,10 @@ class XrayRefinement(MacroCycleRefinement):
         if adp_mode != "none":
             from qr_phenix.refinement.adp import AdpRefinement
             self.adp = AdpRefinement(model, fmodel, adp_mode, params.adp_weight_trials,
-                                     limits,
-                                     max_iterations=params.max_iterations)
+                                     limits, max_iterations=params.max_iterations)
+            if self.adp.n_converted:
+                print("  %d anisotropic ADPs converted to isotropic B for refinement"
+                      % self.adp.n_converted, file=self.log)
 
     def update_scales(self, back_trace=False):
         update_scales(self.fmodel, self.params.bulk_solvent, back_trace)
