@@ -164,8 +164,11 @@ class MacroCycleRefinement:
         self.minimise(scale)
         s = self.measure(cycle)
         bond, angle = self.geometry(self.model.get_sites_cart())
+        if self.score == "map_cc" and self.limits.max_clashscore is not None:
+            self.validate(s)      # maps: the weight must not buy the fit with clashes
         return weights_mod.Trial(scale=scale, r_work=s.r_work, r_free=s.r_free,
-                                 bond_rmsd=bond, angle_rmsd=angle, map_cc=s.map_cc)
+                                 bond_rmsd=bond, angle_rmsd=angle, map_cc=s.map_cc,
+                                 clashscore=s.clashscore)
 
     def _run_trials(self, scales, cycle):
         """Refine from the same start with each scale and keep the chosen one.
@@ -242,6 +245,8 @@ class MacroCycleRefinement:
                             resumed["best_index"]: resumed["best_state"]}
             self._best = (resumed["best_index"], resumed["best_state"])
             self.set_state(resumed["state"])
+            if self.score == "map_cc" and result.start.clashscore is not None:
+                self.limits.max_clashscore = result.start.clashscore
             print("Resuming after cycle %d (weight scale %g)" % (
                 len(result.cycles), result.scale), file=self.log)
             print(stats_mod.HEADER, file=self.log)
@@ -252,6 +257,8 @@ class MacroCycleRefinement:
             start = self._fill_common(self.measure("start"), t0, 0, 0.0)
             start.cycle = 0
             self.validate(start)
+            if self.score == "map_cc" and start.clashscore is not None:
+                self.limits.max_clashscore = start.clashscore
             result = RefinementResult(start=start, scale=fixed_scale, limits=self.limits)
             self._states = {0: self.get_state()}
             self._best = (0, self._states[0])
@@ -377,7 +384,8 @@ class MacroCycleRefinement:
         elif (result.raise_steps < MAX_RAISE_STEPS
               and s.bond_rmsd < RAISE_BELOW_FRACTION * self.limits.bond_rmsd
               and s.angle_rmsd <= self.limits.angle_rmsd
-              and self.limits.gap_ok(s.r_work, s.r_free)):
+              and self.limits.gap_ok(s.r_work, s.r_free)
+              and self.limits.clash_ok(s.clashscore)):
             result.raise_steps += 1
             result.scale *= 2
             s.add_note("geometry well inside limits: data x2 next cycle")

@@ -86,6 +86,11 @@ class Limits:
     angle_rmsd: float
     gap: float
     n_free: Optional[int] = None     # free-R test reflections
+    max_clashscore: Optional[float] = None   # maps: the start's clashscore
+
+    def clash_ok(self, clashscore):
+        return self.max_clashscore is None or clashscore is None or \
+            clashscore <= self.max_clashscore
 
     def gap_allowed(self, r_free):
         """The gap limit, or the noise of R-free when that is larger: with n
@@ -156,12 +161,15 @@ class Trial(WithGap):
     bond_rmsd: float
     angle_rmsd: float
     map_cc: Optional[float] = None
+    clashscore: Optional[float] = None
     verdict: str = ""
 
 
 def meets_limits(trial, limits, score="r_free"):
     """score "r_free": geometry and gap; "map_cc" or "geometry": geometry only."""
     geometry = trial.bond_rmsd <= limits.bond_rmsd and trial.angle_rmsd <= limits.angle_rmsd
+    if score == "map_cc":
+        return geometry and limits.clash_ok(trial.clashscore)
     if score != "r_free":
         return geometry
     return geometry and trial.gap is not None and limits.gap_ok(trial.r_work, trial.r_free)
@@ -184,10 +192,16 @@ def choose(trials: List[Trial], limits: Limits, score="r_free"):
         best.verdict = "chosen: no trial met the geometry limits; best geometry"
         return best
     if score == "map_cc":
+        clash_ok = [t for t in pool if limits.clash_ok(t.clashscore)]
         for t in pool:
-            t.verdict = "ok"
-        best = max(pool, key=lambda t: t.map_cc)
-        best.verdict = "chosen: highest map CC with geometry within limits"
+            t.verdict = "ok" if t in clash_ok else "clashscore %.1f over the start's %.1f" % (
+                t.clashscore, limits.max_clashscore)
+        if not clash_ok:
+            best = min(pool, key=lambda t: t.clashscore)
+            best.verdict = "chosen: no trial kept the start's clashscore; fewest clashes"
+            return best
+        best = max(clash_ok, key=lambda t: t.map_cc)
+        best.verdict = "chosen: highest map CC with geometry and clashscore within limits"
         return best
     gap_ok = [t for t in pool if t.gap is not None and limits.gap_ok(t.r_work, t.r_free)]
     for t in pool:
