@@ -53,14 +53,12 @@ def choose(start, cycles, limits, score="r_free") -> Tuple[int, str]:
         pool = [i for i in refined if all(p.startswith("R-free - R-work")
                                           for p in problems[i])]
         note = " (none met the R-free - R-work limit)"
-    if not pool and score == "map_cc":
-        # maps have no free set: a fit bought with clashes or distortion is
-        # not an improvement to hand back
-        return 0, ("the start model: no refined model kept geometry and clashscore"
-                   " within limits (last cycle: %s)" % "; ".join(problems[len(cycles)]))
     if not pool:
-        pool = list(refined)
-        note = " (none met the geometry limits: %s)" % "; ".join(problems[len(cycles)])
+        # a fit bought with distorted geometry (or, for maps, new clashes) is
+        # not an improvement to hand back
+        return 0, ("the start model: no refined model kept geometry%s within limits"
+                   " (last cycle: %s)" % (" and clashscore" if score == "map_cc" else "",
+                                          "; ".join(problems[len(cycles)])))
 
     def key(i):
         c = candidates[i]
