@@ -1,7 +1,6 @@
-"""Shared fixtures: the 1us0 helix files in ../shared and small model edits."""
+"""Shared fixtures: the 1us0 helix files (tests/data/helix)."""
 
 import os
-from pathlib import Path
 
 # tblite must see its thread settings before it is first imported, and
 # qr_phenix loads the fast BLAS only when imported before cctbx
@@ -11,30 +10,21 @@ import qr_phenix  # noqa: E402,F401
 
 import pytest
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-HELIX_DIR = SHARED / "data" / "1us0"
-
-
-def shared_file(name):
-    path = HELIX_DIR / name
-    if not path.exists():
-        pytest.skip("shared test data missing: %s (CI keeps ../shared beside the checkout)"
-                    % path)
-    return str(path)
+from paths import HELIX_MTZ, HELIX_NO_HA_PDB, HELIX_PDB  # noqa: E402
 
 
 @pytest.fixture(scope="session")
 def helix_pdb():
     """The 94-atom reference helix with all hydrogens (a87_99_h.pdb)."""
-    return shared_file("a87_99_h.pdb")
+    return str(HELIX_PDB)
 
 
 @pytest.fixture(scope="session")
 def helix_mtz():
-    return shared_file("data.mtz")
+    return str(HELIX_MTZ)
 
 
 @pytest.fixture(scope="session")
 def helix_no_ha_pdb():
     """The helix without HA and terminal hydrogens (a87_99.pdb)."""
-    return shared_file("a87_99.pdb")
+    return str(HELIX_NO_HA_PDB)

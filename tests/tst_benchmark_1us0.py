@@ -5,16 +5,13 @@ and quick mode end to end (2 doses x 2 models x cctbx+gfn2; a few minutes on
 import json
 import os
 import re
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from qr_phenix.benchmark import metrics, perturb, reference, report
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-ENTRY = SHARED / "data" / "1us0" / "1us0.pdb"
-PUBLISHED = SHARED / "data" / "1us0" / "a87_99_h.pdb"
+from paths import ENTRY_1US0 as ENTRY, HELIX_MTZ, HELIX_PDB as PUBLISHED
 
 needs_data = pytest.mark.skipif(not (ENTRY.is_file() and PUBLISHED.is_file()),
                                 reason="needs ../shared/data/1us0")
@@ -96,7 +93,7 @@ def test_method_arguments_are_valid_refine_parameters(method, tmp_path):
     from qr_phenix.benchmark import jobs
     if not _refine_available():
         pytest.skip("qr_phenix.refine not importable")
-    job = jobs.Job(method, 0.3, 0, str(PUBLISHED), str(SHARED / "data" / "1us0" / "data.mtz"),
+    job = jobs.Job(method, 0.3, 0, str(PUBLISHED), str(HELIX_MTZ),
                    str(tmp_path))
     r = subprocess.run(job.command(str(tmp_path / "x")) + ["--dry-run"], capture_output=True,
                        text=True, env=jobs.child_env())

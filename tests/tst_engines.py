@@ -4,7 +4,6 @@ program, distorted geometry).  Real engines, no mocks; a missing engine skips
 with a reason that names it.
 """
 
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,8 +14,7 @@ from qr_phenix.engines import (
     ENGINES, EngineError, EngineSettings, EngineUnavailable, energy_and_gradient,
     engine_names, get_engine, make_calculator, phil_choice)
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-HELIX = SHARED / "data" / "1us0" / "a87_99_h.pdb"
+from paths import HELIX_PDB as HELIX
 
 # Acetamide (ASE's g2 'CH3CONH2'): a small amide for the PySCF engines.
 ACETAMIDE_SYMBOLS = ["O", "C", "N", "C", "H", "H", "H", "H", "H"]
@@ -38,8 +36,6 @@ def read_pdb(path):
 
 @pytest.fixture(scope="module")
 def helix():
-    if not HELIX.exists():
-        pytest.skip("reference helix missing: %s (../shared beside the checkout)" % HELIX)
     return read_pdb(HELIX)
 
 

@@ -8,16 +8,13 @@ benchmarks/fragments_scaling.py, not here.
 
 import os
 import time
-from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import numpy as np
 import pytest
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-HELIX = SHARED / "data" / "1us0" / "a87_99_h.pdb"
-ENTRY = SHARED / "data" / "1us0" / "1us0.pdb"
+from paths import ENTRY_1US0 as ENTRY, HELIX_PDB as HELIX
 
 iotbx_pdb = pytest.importorskip("iotbx.pdb", reason="requires cctbx (iotbx)")
 pytest.importorskip("tblite", reason="requires tblite (GFN2-xTB engine)")
@@ -33,8 +30,6 @@ from qr_phenix.qm_region import covalent_bonds  # noqa: E402
 
 
 def _helix():
-    if not HELIX.exists():
-        pytest.skip("missing %s" % HELIX)
     inp = iotbx_pdb.input(str(HELIX))
     h = inp.construct_hierarchy()
     return h, inp.crystal_symmetry(), np.array(h.atoms().extract_xyz())

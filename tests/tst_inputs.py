@@ -3,7 +3,6 @@ bad model files, element columns.  Real cctbx; small data made here (real
 entries from ../shared only where named, skipped when missing)."""
 
 import os
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,8 +10,7 @@ from libtbx.utils import Sorry, null_out
 
 from qr_phenix import monomer_library as ml
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-ENTRIES = SHARED / "data" / "entries"
+from paths import ENTRIES
 
 
 def entry_file(name):

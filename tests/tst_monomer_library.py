@@ -14,8 +14,7 @@ from libtbx.utils import Sorry
 
 from qr_phenix import monomer_library as ml
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-A87_99_H = SHARED / "data" / "1us0" / "a87_99_h.pdb"
+from paths import HELIX_PDB as A87_99_H
 
 
 @pytest.fixture(scope="module")

@@ -1,12 +1,10 @@
 """qr.prepare on 1us0: altlocs, missing atoms, hydrogens, ligand charges."""
 
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-ENTRY = SHARED / "data" / "1us0" / "1us0.pdb"
+from paths import ENTRY_1US0 as ENTRY
 
 pytest.importorskip("iotbx.pdb", reason="requires cctbx (iotbx)")
 pytest.importorskip("pdbfixer", reason="requires pdbfixer (pip install pdbfixer openmm)")

@@ -2,8 +2,6 @@
 annealing, the model handed back) and with real data (bulk solvent, twin
 law, B refinement, options that must have an effect)."""
 
-import json
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -16,7 +14,7 @@ from qr_phenix.refinement import driver
 from qr_phenix.refinement import statistics as stats_mod
 from qr_phenix.refinement.weights import Limits
 
-ENTRIES = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "entries"
+from paths import ENTRIES
 
 
 class Scripted(driver.MacroCycleRefinement):
