@@ -210,3 +210,30 @@ def test_weight_search_and_validation_options_have_an_effect(helix_pdb, helix_mt
         first["selected_cycle"] != len(first["cycles"])
     assert off["start"]["clashscore"] is None and off["final"]["clashscore"] is None
     assert off["weight"]["trials"] == []
+
+
+def test_a_broken_bond_stops_a_quantum_run_and_is_never_handed_back(helix_model):
+    model = helix_model.deep_copy()
+    limits = Limits(bond_rmsd=0.5, angle_rmsd=90.0, gap=0.5)
+
+    class Breaking(Scripted):
+        n = 0
+
+        def minimise(self, scale):
+            super().minimise(scale)
+            self.n += 1
+            if self.n == 3:    # third cycle: pull one carbonyl O off its C
+                sites = np.array(self.get_sites())
+                o = [a.i_seq for a in self.model.get_hierarchy().atoms()
+                     if a.name.strip() == "O"][2]
+                sites[o] += (1.5, 0, 0)
+                self.model.set_sites_cart(driver_flex(sites))
+
+    ref = Breaking(model, limits, r_free_of=lambda s: 0.21 - 0.01 * Breaking.n,
+                   bond_of=lambda s: 0.005, macro_cycles=6)
+    ref.quantum = True
+    result = ref.run(fixed_scale=1.0)
+    assert len(result.cycles) == 3 and result.cycles[-1].broken_bonds >= 1
+    assert "covalent bonds broke or formed in cycle 3" in result.stopped
+    assert " O " in result.stopped and "GLY" in result.stopped
+    assert result.selected == 2

@@ -452,6 +452,7 @@ Outputs <prefix>.pdb, .cif, .log, .json; a checkpoint after every macro-cycle
             "converged": result.converged,
             "selected_cycle": result.selected,
             "selection": result.selection_note,
+            "stopped": result.stopped,
             "adp": getattr(self, "adp_mode", None),
             "data": self._data_summary(),
             "wall_seconds": wall,

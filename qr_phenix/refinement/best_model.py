@@ -18,6 +18,8 @@ MAP_CC_TOLERANCE = 0.002
 
 def _problems(c, start, limits, score):
     reasons = []
+    if c.broken_bonds:
+        reasons.append("%d covalent bonds broken or formed" % c.broken_bonds)
     bond_limit = max(limits.bond_rmsd, start.bond_rmsd)
     angle_limit = max(limits.angle_rmsd, start.angle_rmsd)
     if c.bond_rmsd > bond_limit:

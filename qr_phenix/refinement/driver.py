@@ -54,6 +54,7 @@ class RefinementResult:
     raise_steps: int = 0
     annealing: bool = False             # weight annealing in progress
     selected: Optional[int] = None      # cycle handed back (0 = the start model)
+    stopped: str = ""                   # why the run stopped early, if it did
     selection_note: str = ""
 
     @property
@@ -306,9 +307,22 @@ class MacroCycleRefinement:
             if self.uses_data and fixed_scale is None and not self.searches_every_cycle() \
                     and not result.annealing and cycle < n_cycles:
                 self._adapt_weight(result, s)
+            broken = stats_mod.broken_bonds(self.model) if self.quantum else []
+            if broken:
+                s.broken_bonds = len(broken)
+                s.add_note("covalent bonds broken or formed")
             self._print(s)
             result.cycles.append(s)
             self._keep_best(result)
+            if broken:
+                result.stopped = ("covalent bonds broke or formed in cycle %d: %s. Stopped;"
+                                  " the model handed back is the best one before. Causes:"
+                                  " wrong charges or protonation, vacuum for a charged"
+                                  " model (try qm_restraints.engine_options.solvent=water),"
+                                  " or a data weight too strong (refinement.weight)."
+                                  % (cycle, "; ".join(broken)))
+                print(result.stopped, file=self.log)
+                break
             shift = np.abs(np.array(self.get_sites()) - previous_sites).max() if len(
                 previous_sites) else 0.0
             if self.checkpoint is not None:

@@ -68,6 +68,7 @@ class CycleStats(WithGap):
     mean_b: Optional[float] = None             # A^2, all atoms
     clashscore: Optional[float] = None         # probe2, hydrogens kept
     hbonds: Optional[dict] = None              # H-bond geometry summary
+    broken_bonds: int = 0                      # library bonds off by > 0.4 A (QM)
     engine_calls: int = 0
     engine_seconds: float = 0.0
     seconds: float = 0.0
@@ -91,6 +92,30 @@ def format_line(s: CycleStats) -> str:
         f(s.restraint_energy, "%17.2f", 17), f(s.weight, "%8.4g", 8),
         s.engine_calls, s.engine_seconds, s.seconds,
         ("  " + s.note) if s.note else "")
+
+
+BROKEN_BOND_DEVIATION = 0.4   # A from the library ideal: the bond has broken or formed
+
+
+def broken_bonds(model, limit=BROKEN_BOND_DEVIATION, max_report=5):
+    """Library bonds (hydrogens included) longer or shorter than ideal by more
+    than `limit`, as 'atom - atom d=... (ideal ...)' texts: a QM energy can
+    break a bond or move a proton to another atom, which the library never
+    does (a zwitterionic peptide in vacuum lost CO2 and an N-H proton)."""
+    grm = library_manager(model)
+    sites = model.get_sites_cart()
+    atoms = model.get_hierarchy().atoms()
+    out = []
+    for p in grm.pair_proxies(sites_cart=sites).bond_proxies.simple:
+        i, j = p.i_seqs
+        d = (sites[i][0] - sites[j][0]) ** 2 + (sites[i][1] - sites[j][1]) ** 2 + \
+            (sites[i][2] - sites[j][2]) ** 2
+        d = d ** 0.5
+        if abs(d - p.distance_ideal) > limit:
+            out.append("%s - %s d=%.2f A (ideal %.2f)" % (
+                atoms[i].id_str().strip(), atoms[j].id_str().strip(), d, p.distance_ideal))
+    return out[:max_report] + (["... %d more" % (len(out) - max_report)]
+                               if len(out) > max_report else [])
 
 
 def engine_counters(model):
