@@ -28,3 +28,14 @@ def helix_mtz():
 def helix_no_ha_pdb():
     """The helix without HA and terminal hydrogens (a87_99.pdb)."""
     return str(HELIX_NO_HA_PDB)
+
+
+@pytest.fixture(scope="module")
+def library():
+    """The CCP4 monomer library qr_phenix serves to mmtbx (installed if needed)."""
+    from libtbx.utils import Sorry
+    from qr_phenix import monomer_library as ml
+    try:
+        return ml.find_or_install_library()
+    except Sorry as e:
+        pytest.skip("no monomer library (%s)" % str(e).splitlines()[0])

@@ -2,32 +2,14 @@
 bad model files, element columns.  Real cctbx; small data made here (real
 entries from ../shared only where named, skipped when missing)."""
 
-import os
-
 import numpy as np
 import pytest
 from libtbx.utils import Sorry, null_out
 
-from qr_phenix import monomer_library as ml
-
-from paths import ENTRIES
-
+from paths import ENTRIES, shared
 
 def entry_file(name):
-    path = ENTRIES / name
-    if not path.exists():
-        pytest.skip("shared test data missing: %s (CI keeps ../shared beside the checkout)"
-                    % path)
-    return str(path)
-
-
-@pytest.fixture(scope="module")
-def library():
-    try:
-        return ml.find_or_install_library()
-    except Sorry as e:
-        pytest.skip("no monomer library (%s)" % str(e).splitlines()[0])
-
+    return shared(ENTRIES / name)
 
 # --- a made-up ligand (ethanol named QRX) and its hand-written dictionary ----
 
@@ -46,7 +28,6 @@ QRX_BONDS = [("C1", "C2", 1.523), ("C2", "O1", 1.430), ("C1", "H11", 1.09),
              ("C1", "H12", 1.09), ("C1", "H13", 1.09), ("C2", "H21", 1.09),
              ("C2", "H22", 1.09), ("O1", "HO1", 0.97)]
 
-
 def qrx_cif_text():
     lines = ["data_comp_list", "loop_", "_chem_comp.id", "_chem_comp.three_letter_code",
              "_chem_comp.name", "_chem_comp.group", "_chem_comp.number_atoms_all",
@@ -64,11 +45,9 @@ def qrx_cif_text():
               "QRX C2 O1 HO1 109.5 3.0"]
     return "\n".join(lines) + "\n"
 
-
 def _rotation(seed=3):
     q, _ = np.linalg.qr(np.random.default_rng(seed).normal(size=(3, 3)))
     return q * np.sign(np.linalg.det(q))
-
 
 def qrx_pdb_text(with_h=False, shift=(6.0, 7.0, 8.0)):
     """QRX rigidly rotated and moved into a 20 A P1 cell."""
@@ -84,7 +63,6 @@ def qrx_pdb_text(with_h=False, shift=(6.0, 7.0, 8.0)):
                      % (serial, name if len(name) == 4 else " " + name, x, y, z, el))
     return "\n".join(lines + ["END"]) + "\n"
 
-
 @pytest.fixture
 def qrx_files(tmp_path):
     pdb = tmp_path / "qrx.pdb"
@@ -92,7 +70,6 @@ def qrx_files(tmp_path):
     cif = tmp_path / "qrx.cif"
     cif.write_text(qrx_cif_text())
     return pdb, cif
-
 
 def _refine_program(args, tmp_path):
     from iotbx.cli_parser import CCTBXParser
@@ -105,13 +82,11 @@ def _refine_program(args, tmp_path):
     program.validate()
     return program
 
-
 def _ligand_bond_proxies(model):
     atoms = model.get_hierarchy().atoms()
     geometry = model.get_restraints_manager().geometry
     proxies = geometry.get_all_bond_proxies(sites_cart=model.get_sites_cart())[0]
     return [p for p in proxies if all(atoms[i].parent().resname == "QRX" for i in p.i_seqs)]
-
 
 # --- 1. ligand dictionaries ---------------------------------------------------
 
@@ -128,7 +103,6 @@ def test_refine_uses_a_ligand_dictionary_given_on_the_command_line(library, qrx_
     model = without._load_model(null_out(), quantum=True)
     assert _ligand_bond_proxies(model) == []
 
-
 def test_refine_geometry_run_with_a_ligand_dictionary(library, qrx_files, tmp_path):
     from qr_phenix.command_line import run_checked
     from qr_phenix.programs.refine import Program
@@ -137,7 +111,6 @@ def test_refine_geometry_run_with_a_ligand_dictionary(library, qrx_files, tmp_pa
                                     "refinement.macro_cycles=1",
                                     "output.prefix=%s" % (tmp_path / "geo")], logger=null_out())
     assert (tmp_path / "geo.pdb").exists()
-
 
 def test_prepare_places_the_dictionary_hydrogens_with_their_names(qrx_files, tmp_path):
     from qr_phenix.command_line import run_checked
@@ -159,7 +132,6 @@ def test_prepare_places_the_dictionary_hydrogens_with_their_names(qrx_files, tmp
         assert np.linalg.norm(got[name] - expected[name]) < 0.02, name
     assert results["total_charge"] == 0
 
-
 def test_prepare_without_the_dictionary_refuses_an_unknown_ligand(qrx_files, tmp_path):
     pytest.importorskip("hydride", reason="requires hydride (pip install hydride biotite)")
     from qr_phenix.command_line import run_checked
@@ -169,13 +141,11 @@ def test_prepare_without_the_dictionary_refuses_an_unknown_ligand(qrx_files, tmp
         run_checked(Program, [str(pdb), "output.file_name=%s" % (tmp_path / "p.pdb")],
                     logger=null_out())
 
-
 def test_a_file_of_a_type_the_program_does_not_read_is_named(qrx_files, tmp_path):
     from qr_phenix.command_line import check_input_files
     _, cif = qrx_files
     with pytest.raises(Sorry, match="qrx.cif is a restraint file"):
         check_input_files([str(cif)], ["model", "phil"])
-
 
 # --- 2. bad model files: one Sorry line each ---------------------------------
 
@@ -194,12 +164,10 @@ def qrx_mtz(path, cell=20.0):
     mtz.mtz_object().write(str(path))
     return path
 
-
 def _run_refine(args):
     from qr_phenix.command_line import run_checked
     from qr_phenix.programs.refine import Program
     return run_checked(Program, [str(a) for a in args], logger=null_out())
-
 
 def test_xray_refinement_of_a_model_without_crystal_symmetry(qrx_files, tmp_path):
     pdb, cif = qrx_files
@@ -211,7 +179,6 @@ def test_xray_refinement_of_a_model_without_crystal_symmetry(qrx_files, tmp_path
         _run_refine([bare, mtz, cif, "qm_restraints.restraints=cctbx",
                      "output.prefix=%s" % (tmp_path / "out")])
 
-
 def test_xray_refinement_with_a_cell_that_differs_from_the_data(library, qrx_files, tmp_path):
     pdb, cif = qrx_files
     mtz = qrx_mtz(tmp_path / "data.mtz", cell=23.0)
@@ -219,14 +186,12 @@ def test_xray_refinement_with_a_cell_that_differs_from_the_data(library, qrx_fil
         _run_refine([pdb, mtz, cif, "qm_restraints.restraints=cctbx",
                      "output.prefix=%s" % (tmp_path / "out")])
 
-
 def _two_models(pdb, path):
     lines = pdb.read_text().splitlines()
     atoms = [l for l in lines if l.startswith(("ATOM", "HETATM"))]
     path.write_text("\n".join([lines[0], "MODEL        1"] + atoms + ["ENDMDL", "MODEL        2"]
                               + atoms + ["ENDMDL", "END"]) + "\n")
     return path
-
 
 def test_several_models_are_refused_unless_the_first_is_asked_for(library, qrx_files,
                                                                    tmp_path):
@@ -241,7 +206,6 @@ def test_several_models_are_refused_unless_the_first_is_asked_for(library, qrx_f
     h = iotbx.pdb.input(str(tmp_path / "out.pdb")).construct_hierarchy()
     assert len(h.models()) == 1 and h.atoms_size() == 3
 
-
 def test_prepare_several_models(qrx_files, tmp_path):
     import iotbx.pdb
     from qr_phenix.command_line import run_checked
@@ -255,7 +219,6 @@ def test_prepare_several_models(qrx_files, tmp_path):
     h = iotbx.pdb.input(str(tmp_path / "p.pdb")).construct_hierarchy()
     assert len(h.models()) == 1 and h.atoms_size() == 9
 
-
 def test_two_model_files_are_refused(qrx_files, tmp_path):
     from qr_phenix.command_line import run_checked
     from qr_phenix.programs.prepare import Program
@@ -267,11 +230,9 @@ def test_two_model_files_are_refused(qrx_files, tmp_path):
     with pytest.raises(Sorry, match="More than one model given"):
         run_checked(Program, [str(pdb), str(other)], logger=null_out())
 
-
 # --- 3. elements of ions with an empty element column ------------------------
 
 IONS = [("CA", "Ca"), ("CL", "Cl"), ("NA", "Na"), ("MG", "Mg"), ("ZN", "Zn"), ("K", "K")]
-
 
 def ions_pdb_text(aligned):
     """Monatomic ions and a water, element column empty; names in PDB columns
@@ -283,7 +244,6 @@ def ions_pdb_text(aligned):
         lines.append("HETATM%5d %s %3s A%4d    %8.3f%8.3f%8.3f  1.00 20.00"
                      % (i + 1, field, resname, i + 1, 3.0 + 2.5 * i, 5.0, 5.0))
     return "\n".join(lines + ["END"]) + "\n"
-
 
 @pytest.mark.parametrize("aligned", [True, False])
 def test_ions_without_element_column_are_not_typed_by_the_first_letter(aligned):
@@ -298,7 +258,6 @@ def test_ions_without_element_column_are_not_typed_by_the_first_letter(aligned):
     assert [a.element for a in h.atoms()][:len(IONS)] == \
         [e.upper().rjust(2) for _, e in IONS]
 
-
 def test_alpha_carbons_stay_carbon():
     import iotbx.pdb
     from qr_phenix import chemistry
@@ -308,7 +267,6 @@ def test_alpha_carbons_stay_carbon():
     h = iotbx.pdb.input(source_info=None, lines=text).construct_hierarchy()
     assert [chemistry._element(a) for a in h.atoms()] == ["N", "C", "C"]
     assert chemistry.fill_ion_elements(h) == 0
-
 
 def test_refine_and_prepare_type_the_ions(library, tmp_path):
     import iotbx.pdb
@@ -326,7 +284,6 @@ def test_refine_and_prepare_type_the_ions(library, tmp_path):
     h = iotbx.pdb.input(str(out)).construct_hierarchy()
     elements = {a.parent().resname.strip(): a.element.strip() for a in h.atoms()}
     assert all(elements[name] == e.upper() for name, e in IONS)
-
 
 # --- real entry: 1il5 with its ligand dictionary (DDP) -----------------------
 

@@ -1,28 +1,14 @@
 """Non-standard residues: hydrogens of polymer-linked residues from prepare,
 and library processing of what the library lacks."""
 
-from pathlib import Path
-
 import numpy as np
 import pytest
-
-from libtbx.utils import Sorry
 
 pytest.importorskip("iotbx.pdb", reason="requires cctbx (iotbx)")
 pytest.importorskip("pdbfixer", reason="requires pdbfixer (pip install pdbfixer openmm)")
 pytest.importorskip("hydride", reason="requires hydride (pip install hydride biotite)")
 
-DATA = Path(__file__).resolve().parent / "data"
-
-
-@pytest.fixture(scope="module")
-def library():
-    from qr_phenix import monomer_library as ml
-    try:
-        return ml.find_or_install_library()
-    except Sorry as e:
-        pytest.skip("no monomer library (%s)" % str(e).splitlines()[0])
-
+from paths import TEST_DATA as DATA
 
 def _prepare(name, tmp_path):
     from qr_phenix.preparation import prepare_file
@@ -31,16 +17,13 @@ def _prepare(name, tmp_path):
     out.write_text(h.as_pdb_string(crystal_symmetry=cs))
     return h, report, out
 
-
 def _atoms(h, resseq):
     return {a.name.strip(): np.array(a.xyz) for rg in h.residue_groups()
             if rg.resseq.strip() == resseq for a in rg.atoms()}
 
-
 def _angle(a, b, c):
     u, v = a - b, c - b
     return np.degrees(np.arccos(u @ v / np.linalg.norm(u) / np.linalg.norm(v)))
-
 
 def test_mse_in_chain_prepared_and_processed(library, tmp_path):
     from qr_phenix.monomer_library import process_model
@@ -63,11 +46,9 @@ def test_mse_in_chain_prepared_and_processed(library, tmp_path):
     model = process_model(str(out))
     assert model.get_number_of_atoms() == h.atoms_size()
 
-
 def _bond_proxies(model):
     geometry = model.get_restraints_manager().geometry
     return geometry.get_all_bond_proxies(sites_cart=model.get_sites_cart())[0]
-
 
 def test_nep_gets_a_ccd_dictionary(library, tmp_path):
     import scitbx.lbfgs
@@ -110,7 +91,6 @@ def test_nep_gets_a_ccd_dictionary(library, tmp_path):
     deviations = [abs(np.linalg.norm(xyz[a] - xyz[b]) - ideal[(a, b)]) for a, b in bonds]
     print("max bond deviation from CCD ideal: %.3f A" % max(deviations))
     assert max(deviations) < 0.05
-
 
 def test_acetate_dictionary_types():
     pytest.importorskip("biotite")

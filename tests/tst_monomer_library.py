@@ -17,12 +17,6 @@ from qr_phenix import monomer_library as ml
 from paths import HELIX_PDB as A87_99_H
 
 
-@pytest.fixture(scope="module")
-def library():
-    try:
-        return ml.find_or_install_library()
-    except Sorry as e:
-        pytest.skip("no monomer library (%s)" % str(e).splitlines()[0])
 
 
 def _mods_used(log_text):

@@ -14,7 +14,7 @@ from qr_phenix.refinement import driver
 from qr_phenix.refinement import statistics as stats_mod
 from qr_phenix.refinement.weights import Limits
 
-from paths import ENTRIES
+from paths import ENTRIES, shared
 
 
 class Scripted(driver.MacroCycleRefinement):
@@ -135,10 +135,7 @@ def refine(*args):
 
 
 def entry_file(name):
-    path = ENTRIES / name
-    if not path.exists():
-        pytest.skip("shared real-entry data missing: %s" % path)
-    return str(path)
+    return shared(ENTRIES / name)
 
 
 @pytest.fixture(scope="module")
