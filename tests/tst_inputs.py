@@ -303,6 +303,7 @@ def test_1il5_prepare_and_refine_with_its_dictionary(library, tmp_path):
     got = {a.name.strip() for a in h.atoms() if a.parent().resname == "DDP"}
     assert got == expected
     results = _run_refine([out, mtz, cif, "qm_restraints.restraints=cctbx",
-                           "refinement.macro_cycles=1", "refinement.weight=1",
-                           "output.prefix=%s" % (tmp_path / "x1il5")])
-    assert results["final"]["r_work"] < results["start"]["r_work"]
+                           "refinement.macro_cycles=1", "refinement.weight=0.01",
+                           "refinement.validation=off", "output.prefix=%s" % (tmp_path / "x1il5")])
+    # the refined cycle (the never-worse rule may hand back the start)
+    assert results["cycles"][-1]["r_work"] < results["start"]["r_work"]

