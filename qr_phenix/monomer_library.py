@@ -933,6 +933,13 @@ def _new_manager(model_input, hierarchy, crystal_symmetry, restraint_objects,
         log=log)
 
 
+def library_manager(model):
+    """The library (cctbx) geometry manager of a processed model, also when
+    qr_phenix's QM manager wraps it."""
+    grm = model.get_restraints_manager().geometry
+    return getattr(grm, "standard", grm)
+
+
 def process_model(model_or_path, crystal_symmetry=None, stop_for_unknowns=True,
                   nuclear=False, log=None, pdb_interpretation_overrides=None,
                   grm_normalization=True, restraint_objects=None):

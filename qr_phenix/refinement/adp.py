@@ -32,7 +32,7 @@ from mmtbx.refinement import adp_refinement, refinement_flags
 from mmtbx.refinement import weights as mmtbx_weights
 
 from qr_phenix.refinement.driver import termination
-from qr_phenix.refinement.statistics import library_manager
+from qr_phenix.monomer_library import library_manager
 
 # auto: one B per heavy atom with at least this many work reflections per
 # heavy atom (phenix.refine refines individual B at 3-4 A; 1va7, 2.9 A, 3 per

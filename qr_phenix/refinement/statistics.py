@@ -12,11 +12,9 @@ from typing import Optional
 
 from scitbx.array_family import flex
 
+from qr_phenix.monomer_library import library_manager
 
-def library_manager(model):
-    """The library (cctbx) geometry manager of a model, also under QM."""
-    grm = model.get_restraints_manager().geometry
-    return getattr(grm, "standard", grm)
+
 
 
 class HeavyAtomGeometry:
