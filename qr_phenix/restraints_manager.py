@@ -104,9 +104,13 @@ engine_options
   threads = 1
     .type = int
     .help = "Threads per engine calculation (OpenMP / BLAS)"
-  solvent = None
+  solvent = auto
     .type = str
-    .help = "Implicit solvent, e.g. water (tblite/xtb: ALPB; MOPAC: COSMO)"
+    .help = "Implicit solvent for every QM calculation (whole model, selection \
+             and fragments alike): auto = water where the engine has an implicit \
+             solvent model (tblite/xtb: ALPB; MOPAC: COSMO), vacuum otherwise; \
+             None = vacuum; or a solvent name. In vacuum a charged model can \
+             lose CO2 or a proton (226-atom peptide, charge +2, GFN2)"
   electronic_temperature = 300
     .type = float
     .help = "Electronic temperature in K (xTB); raised automatically on SCC failure"
@@ -159,6 +163,16 @@ master_phil_str = qm_restraints_phil_str()
 phil_scope = iotbx.phil.parse(master_phil_str)
 
 
+def resolve_solvent(engine, solvent):
+    """'auto' -> 'water' for engines with an implicit solvent model, else None."""
+    if solvent is None or str(solvent).lower() in ("none", "vacuum"):
+        return None
+    if str(solvent).lower() == "auto":
+        from qr_phenix.engines import get_engine
+        return "water" if get_engine(engine).solvation else None
+    return solvent
+
+
 def engine_settings_from_params(params, charge, multiplicity) -> EngineSettings:
     """PHIL `qm_restraints` extract -> EngineSettings for the engine factory."""
     import json
@@ -175,7 +189,7 @@ def engine_settings_from_params(params, charge, multiplicity) -> EngineSettings:
         dispersion = None
     return EngineSettings(
         name=params.engine, charge=charge, multiplicity=multiplicity,
-        threads=o.threads, solvent=o.solvent,
+        threads=o.threads, solvent=resolve_solvent(params.engine, o.solvent),
         electronic_temperature=o.electronic_temperature,
         max_iterations=o.max_iterations, mozyme=o.mozyme, basis=o.basis, xc=o.xc,
         dispersion=dispersion, density_fit=o.density_fit, calculator=o.calculator,
@@ -408,6 +422,9 @@ def build_qm_manager(model, params, log=sys.stdout, fragment_params=None,
         raise Sorry("Unknown QM engine %r; choose one of: %s"
                     % (params.engine, ", ".join(ENGINES)))
     settings = engine_settings_from_params(params, charges.charge, charges.multiplicity)
+    if log is not None:
+        print("  QM solvent: %s" % ("implicit %s" % settings.solvent if settings.solvent
+                                    else "vacuum"), file=log)
     evaluator = SingleCalculation(make_calculator(settings), elements, region)
     return QMRestraintsManager(
         standard=standard, evaluator=evaluator,

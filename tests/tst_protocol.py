@@ -234,3 +234,29 @@ def test_a_broken_bond_stops_a_quantum_run_and_is_never_handed_back(helix_model)
     assert "covalent bonds broke or formed in cycle 3" in result.stopped
     assert " O " in result.stopped and "GLY" in result.stopped
     assert result.selected == 2
+
+
+def test_charged_peptide_keeps_its_bonds_under_whole_model_qm(tmp_path):
+    """Geometry-only GFN2 of a zwitterionic peptide (NH3+ ... COO-, Glu-, Lys+):
+    implicit water by default keeps every covalent bond."""
+    from paths import TEST_DATA
+    from qr_phenix.programs.prepare import Program as Prepare
+    pytest.importorskip("pdbfixer", reason="requires pdbfixer (pip install pdbfixer openmm)")
+    prepared = tmp_path / "peptide_h.pdb"
+    run_checked(Prepare, [str(TEST_DATA / "1us0_A26_35.pdb"),
+                          "output.file_name=%s" % prepared], logger=null_out())
+    r = refine(prepared, "refinement.macro_cycles=2", "refinement.validation=off",
+               "output.prefix=%s" % (tmp_path / "geo"))
+    assert r["mode"] == "geometry" and r["stopped"] == ""
+    assert r["final"]["bond_rmsd"] < 0.03
+    assert r["final"]["broken_bonds"] == 0
+
+
+def test_solvent_auto_means_water_where_the_engine_has_it():
+    from libtbx import Auto
+    from qr_phenix.restraints_manager import resolve_solvent
+    assert resolve_solvent("gfn2", Auto) == "water"
+    assert resolve_solvent("pm7", "auto") == "water"
+    assert resolve_solvent("hf", Auto) is None
+    assert resolve_solvent("gfn2", None) is None
+    assert resolve_solvent("gfn2", "alpb:toluene") == "alpb:toluene"

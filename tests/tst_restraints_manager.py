@@ -13,10 +13,12 @@ from qr_phenix import restraints_manager as rm
 pytest.importorskip("tblite", reason="engine gfn2 needs tblite (pip install tblite)")
 
 
-def qm_params(**kw):
+def qm_params(solvent=None, **kw):
+    """GFN2 in vacuum unless asked: the reference energies here are vacuum ones."""
     p = rm.phil_scope.extract().qm_restraints
     p.restraints = "qm"
     p.engine = "gfn2"
+    p.engine_options.solvent = solvent
     for k, v in kw.items():
         setattr(p, k, v)
     return p
@@ -248,3 +250,18 @@ my_tool { cycles = 3 \n .type = int }
     default = master.extract().qm_restraints
     model2 = process_model(helix, grm_normalization=False)
     assert not isinstance(rm.setup_restraints(model2, default), rm.QMRestraintsManager)
+
+
+def test_default_solvent_is_implicit_water(helix_pdb):
+    from libtbx import Auto
+    energies = {}
+    for solvent in (Auto, None):
+        model = process_model(helix_pdb, grm_normalization=False)
+        rm.setup_restraints(model, qm_params(solvent=Auto if solvent is Auto else None),
+                            log=None)
+        es = model.get_restraints_manager().geometry.energies_sites(
+            sites_cart=model.get_sites_cart())
+        energies[solvent] = es.qm_energy
+    # ALPB water solvation of the neutral helix: tens of kcal/mol
+    assert energies[Auto] < energies[None] - 10
+    assert rm.phil_scope.extract().qm_restraints.engine_options.solvent is Auto

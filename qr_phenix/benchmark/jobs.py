@@ -23,8 +23,11 @@ from typing import List
 #: method -> qr.refine arguments; one protocol for all, weights by the program
 METHODS = {
     "cctbx": ["qm_restraints.restraints=cctbx"],
-    "gfn2": ["qm_restraints.restraints=qm", "qm_restraints.engine=gfn2"],
-    "pm7": ["qm_restraints.restraints=qm", "qm_restraints.engine=pm7"],
+    # in vacuum, as published (the qr.refine default is implicit water)
+    "gfn2": ["qm_restraints.restraints=qm", "qm_restraints.engine=gfn2",
+             "qm_restraints.engine_options.solvent=None"],
+    "pm7": ["qm_restraints.restraints=qm", "qm_restraints.engine=pm7",
+            "qm_restraints.engine_options.solvent=None"],
     # opt-in, hours per refinement of the 94-atom helix on 2 CPU cores (NOTES 9)
     "hf_d3": ["qm_restraints.restraints=qm", "qm_restraints.engine=hf",
               "qm_restraints.engine_options.basis=6-31g",

@@ -42,11 +42,12 @@ fragments
     .short_caption = Buffer radius (A)
   solvent = water
     .type = str
-    .help = "Implicit solvent for every fragment calculation (ALPB for GFN2-xTB, \
-             COSMO for MOPAC) unless qm_restraints.engine_options.solvent is set; \
-             None for vacuum.  A fragment cut out of a protein carries charged \
-             groups without their counter-charges: in vacuum its SCF is slow \
-             (1us0: 5-10x for charge -5 fragments) and over-polarised"
+    .help = "Implicit solvent for fragments when qm_restraints.engine_options.solvent \
+             is None (vacuum for the rest); by default engine_options.solvent=auto \
+             already gives every QM calculation water.  A fragment cut out of a \
+             protein carries charged groups without their counter-charges: in \
+             vacuum its SCF is slow (1us0: 5-10x for charge -5 fragments) and \
+             over-polarised"
     .short_caption = Fragment implicit solvent
   buffer_units = *groups residues
     .type = choice
