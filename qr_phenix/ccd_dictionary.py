@@ -28,7 +28,6 @@ import itertools
 
 import numpy as np
 
-from qr_phenix import chemistry
 
 BOND_ESD = 0.02
 ANGLE_ESD = 3.0
@@ -336,25 +335,29 @@ def _residue_atoms(hierarchy):
         names, charges = result.setdefault(name, (set(), {}))
         for a in ag.atoms():
             names.add(a.name.strip())
-            q = chemistry._formal_charge(a)
+            try:
+                q = a.charge_as_int()
+            except Exception:   # malformed charge column: no charge given
+                q = 0
             if q:
                 charges[a.name.strip()] = q
     return result
 
 
-def missing_dictionaries(model, restraint_objects=(), log=None):
+def missing_dictionaries(model, library_has, monomer_server, restraint_objects=(),
+                         log=None):
     """[(name, iotbx.cif model)] for residues of `model` (mmtbx.model.manager)
     that neither the monomer library nor `restraint_objects` cover and that
-    the CCD has.  Records {resname: CIF text} on the model."""
+    the CCD has.  Records {resname: CIF text} on the model.
+
+    library_has(resname) -> bool and monomer_server() come from the caller
+    (qr_phenix.monomer_library), which this module must not import."""
     import iotbx.cif
-    from qr_phenix.monomer_library import (comp_file, find_or_install_library,
-                                           monomer_server)
-    library = find_or_install_library()
     generated = {}
     given = _given_comp_ids(restraint_objects)
     server = None
     for resname, (names, charges) in sorted(_residue_atoms(model.get_hierarchy()).items()):
-        if resname in given or len(names) < 2 or comp_file(library, resname) is not None:
+        if resname in given or len(names) < 2 or library_has(resname):
             continue
         if server is None:
             server = monomer_server()

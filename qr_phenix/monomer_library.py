@@ -991,7 +991,9 @@ def process_model(model_or_path, crystal_symmetry=None, stop_for_unknowns=True,
     objects = restraint_objects_for(model.get_hierarchy(), nuclear=nuclear,
                                     library=library)
     objects = objects + list(restraint_objects or [])
-    objects = objects + ccd_dictionary.missing_dictionaries(model, objects, log=log)
+    objects = objects + ccd_dictionary.missing_dictionaries(
+        model, lambda resname: comp_file(library, resname) is not None, monomer_server,
+        objects, log=log)
     if objects:
         model.set_restraint_objects(objects)
     try:
