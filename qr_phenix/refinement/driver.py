@@ -30,10 +30,10 @@ def termination(max_iterations):
 
 MAX_SAFETY_STEPS = 2
 ANNEAL_MIN_R_FREE_GAIN = 0.02   # anneal=auto: trial R-free this much below the chosen one
-ANNEAL_QM_BOND_FACTOR = 2.0
-MAX_EXTRA_TRIALS = 6
+ANNEAL_QM_BOND_FACTOR = 2.0     # QM anneals only from trials with bonds within this x limit
+MAX_EXTRA_TRIALS = 6       # weight search toward stronger restraints: down to scale/64...
+GAP_STEP_MIN = 0.002       # ...while halving the scale shrinks R-free - R-work by this
 STALE_CYCLES = 4           # stop when the model to hand back is this many cycles old
-GAP_STEP_MIN = 0.002       # ...while halving the scale shrinks R-free - R-work by this       # weight search toward stronger restraints: down to scale/64
 # The weight chosen by trials from a far-off start is often too cautious later:
 # the start's transient distortions make every strong data weight look
 # over-fitted.  As the original Q|R did, the data weight is doubled when a
