@@ -396,9 +396,7 @@ Outputs <prefix>.pdb, .cif, .log, .json; a checkpoint after every macro-cycle
         # that need rotamer data cctbx-base does not ship
         hierarchy = out.get_hierarchy().deep_copy()
         if self.mode == "xray":   # refined B live in the xray structure
-            from cctbx import adptbx
-            hierarchy.atoms().set_b(
-                model.get_xray_structure().extract_u_iso_or_u_equiv() * adptbx.u_as_b(1.))
+            hierarchy.atoms().set_b(model.get_xray_structure().b_iso_or_b_equiv())
         if out.shift_cart() is not None:
             out._shift_back(hierarchy)
         cs = out.unit_cell_crystal_symmetry() or out.crystal_symmetry()

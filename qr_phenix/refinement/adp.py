@@ -24,7 +24,6 @@ import numpy as np
 from libtbx import group_args
 from libtbx.utils import null_out
 from scitbx.array_family import flex
-from cctbx import adptbx
 
 import mmtbx
 import mmtbx.refinement.minimization
@@ -137,7 +136,7 @@ class AdpRefinement:
         return self.fmodel.xray_structure
 
     def get_b(self):
-        return self._xrs().extract_u_iso_or_u_equiv() * adptbx.u_as_b(1.)
+        return self._xrs().b_iso_or_b_equiv()
 
     def set_b(self, b):
         xrs = self._xrs()

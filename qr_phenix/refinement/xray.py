@@ -12,7 +12,6 @@ macro-cycle refines isotropic B after the coordinates (refinement/adp.py).
 from libtbx import group_args
 from libtbx.utils import null_out
 from scitbx.array_family import flex
-from cctbx import adptbx
 
 import mmtbx
 import mmtbx.bulk_solvent.bulk_solvent_and_scaling as bss
@@ -79,8 +78,7 @@ class XrayRefinement(MacroCycleRefinement):
 
     def get_state(self):
         state = super().get_state()
-        state["b_iso"] = list(self.fmodel.xray_structure.extract_u_iso_or_u_equiv()
-                              * adptbx.u_as_b(1.))
+        state["b_iso"] = list(self.fmodel.xray_structure.b_iso_or_b_equiv())
         return state
 
     def set_state(self, state):
@@ -143,6 +141,6 @@ class XrayRefinement(MacroCycleRefinement):
         self.update_scales()
 
     def measure(self, cycle):
-        b = self.fmodel.xray_structure.extract_u_iso_or_u_equiv() * adptbx.u_as_b(1.)
-        return stats_mod.CycleStats(cycle=cycle, r_work=self.fmodel.r_work(),
-                                    r_free=self.fmodel.r_free(), mean_b=flex.mean(b))
+        return stats_mod.CycleStats(
+            cycle=cycle, r_work=self.fmodel.r_work(), r_free=self.fmodel.r_free(),
+            mean_b=flex.mean(self.fmodel.xray_structure.b_iso_or_b_equiv()))
