@@ -940,6 +940,18 @@ def library_manager(model):
     return getattr(grm, "standard", grm)
 
 
+def library_bonds(model):
+    """The library's bond restraints of a processed model (links included):
+    (pairs, ideal): an (n, 2) array of atom indices and the n ideal lengths
+    (A; X-H at the library's electron-cloud or neutron lengths, as processed)."""
+    import numpy as np
+    proxies = library_manager(model).pair_proxies(
+        sites_cart=model.get_sites_cart()).bond_proxies.simple
+    pairs = np.array([p.i_seqs for p in proxies], dtype=int).reshape(-1, 2)
+    ideal = np.array([p.distance_ideal for p in proxies], dtype=float)
+    return pairs, ideal
+
+
 def process_model(model_or_path, crystal_symmetry=None, stop_for_unknowns=True,
                   nuclear=False, log=None, pdb_interpretation_overrides=None,
                   grm_normalization=True, restraint_objects=None):

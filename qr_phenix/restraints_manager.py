@@ -38,6 +38,7 @@ from scitbx.array_family import flex
 from qr_phenix import chemistry
 from qr_phenix.engines import make_calculator, phil_choice
 from qr_phenix.engines.base import EngineSettings, energy_and_gradient
+from qr_phenix.monomer_library import library_bonds
 from qr_phenix.qm_region import build_region, covalent_bonds
 
 # A line search can try a point where two atoms nearly coincide.  Engines
@@ -365,14 +366,10 @@ class QMRestraintsManager:
 
 def model_bonds(model, elements=None):
     """Covalent bonds of a processed model: library bond proxies + distances."""
-    grm = model.get_restraints_manager().geometry
     sites = np.array(model.get_sites_cart())
     if elements is None:
         elements = [chemistry._element(a) for a in model.get_hierarchy().atoms()]
-    library = []
-    simple = grm.pair_proxies(sites_cart=model.get_sites_cart()).bond_proxies.simple
-    for p in simple:
-        library.append(tuple(p.i_seqs))
+    library = [tuple(p) for p in library_bonds(model)[0]]
     return covalent_bonds(elements, sites, extra_pairs=library)
 
 
@@ -452,11 +449,8 @@ def setup_restraints(model, params, log=sys.stdout, fragment_params=None,
 
 def residues_without_restraints(model):
     """Labels of residues (2+ atoms) with no library bond: no dictionary."""
-    grm = model.get_restraints_manager().geometry
-    grm = getattr(grm, "standard", grm)
     bonded = np.zeros(model.get_number_of_atoms(), dtype=bool)
-    for p in grm.pair_proxies(sites_cart=model.get_sites_cart()).bond_proxies.simple:
-        bonded[list(p.i_seqs)] = True
+    bonded[library_bonds(model)[0].ravel()] = True
     result = []
     for rg in model.get_hierarchy().residue_groups():
         i_seqs = [a.i_seq for a in rg.atoms()]

@@ -143,23 +143,25 @@ def _standard_hydrogens(model, nuclear):
     this, a QM-refined model (nuclear X-H, 1.09 A for C-H) is scored against
     X-ray radii and collects overlaps a library-refined one (0.97 A) does not:
     1va7, GFN2: clashscore 11.2 as refined."""
-    from qr_phenix.monomer_library import library_manager
+    import numpy as np
+    from scitbx.array_family import flex
+    from qr_phenix.monomer_library import library_bonds
     sites = model.get_sites_cart().deep_copy()
     if nuclear:
         return sites
-    hd = model.get_hd_selection()
-    grm = library_manager(model)
-    for p in grm.pair_proxies(sites_cart=sites).bond_proxies.simple:
-        i, j = p.i_seqs
-        if hd[i] == hd[j]:
-            continue
-        h, x = (i, j) if hd[i] else (j, i)
-        ideal = p.distance_ideal
-        v = [sites[h][k] - sites[x][k] for k in range(3)]
-        d = sum(c * c for c in v) ** 0.5
-        if d > 0:
-            sites[h] = tuple(sites[x][k] + v[k] * ideal / d for k in range(3))
-    return sites
+    hd = np.array(model.get_hd_selection(), dtype=bool)
+    pairs, ideal = library_bonds(model)
+    mixed = hd[pairs[:, 0]] != hd[pairs[:, 1]]
+    pairs, ideal = pairs[mixed], ideal[mixed]
+    h_first = hd[pairs[:, 0]]
+    h = np.where(h_first, pairs[:, 0], pairs[:, 1])
+    x = np.where(h_first, pairs[:, 1], pairs[:, 0])
+    xyz = np.array(sites)
+    v = xyz[h] - xyz[x]
+    d = np.linalg.norm(v, axis=1)
+    ok = d > 0
+    xyz[h[ok]] = xyz[x[ok]] + v[ok] * (ideal[ok] / d[ok])[:, None]
+    return flex.vec3_double(xyz)
 
 
 def _probe_model(model, sites, keep):

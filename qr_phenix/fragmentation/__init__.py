@@ -15,6 +15,8 @@ import numpy as np
 from libtbx import Auto
 from libtbx.utils import Sorry
 
+from qr_phenix.monomer_library import library_bonds
+
 master_phil_str = """
 fragments
   .short_caption = QM fragmentation
@@ -106,11 +108,7 @@ def fragments_enabled(fragment_params, n_atoms, qm_selection=None):
 
 def library_bond_pairs(model):
     """(i, j) of the library's bond restraints (links included)."""
-    grm = model.get_restraints_manager().geometry
-    grm = getattr(grm, "standard", grm)
-    simple = grm.pair_proxies(sites_cart=model.get_sites_cart()).bond_proxies.simple
-    pairs = np.array([p.i_seqs for p in simple], dtype=int).reshape(-1, 2)
-    return [tuple(p) for p in pairs]
+    return [tuple(p) for p in library_bonds(model)[0]]
 
 
 def fragment_solvent(settings, solvent, log=sys.stdout):

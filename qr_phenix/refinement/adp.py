@@ -31,7 +31,7 @@ from mmtbx.refinement import adp_refinement, refinement_flags
 from mmtbx.refinement import weights as mmtbx_weights
 
 from qr_phenix.refinement.driver import termination
-from qr_phenix.monomer_library import library_manager
+from qr_phenix.monomer_library import library_bonds
 
 # auto: one B per heavy atom with at least this many work reflections per
 # heavy atom (phenix.refine refines individual B at 3-4 A; 1va7, 2.9 A, 3 per
@@ -225,18 +225,14 @@ class AdpRefinement:
 
 
 def _bonded_pairs(model):
-    """From the library's bond proxies: [(H, its heavy atom)] and [(heavy, heavy)]."""
-    hd = model.get_hd_selection()
-    grm = library_manager(model)
-    riding, heavy = set(), set()
-    for p in grm.pair_proxies(sites_cart=model.get_sites_cart()).bond_proxies.simple:
-        i, j = p.i_seqs
-        if hd[i] != hd[j]:
-            riding.add((i, j) if hd[i] else (j, i))
-        elif not hd[i]:
-            heavy.add((i, j))
-    as_array = lambda pairs: np.array(sorted(pairs), dtype=int).reshape(-1, 2)
-    return as_array(riding), as_array(heavy)
+    """From the library's bonds: [(H, its heavy atom)] and [(heavy, heavy)]."""
+    hd = np.array(model.get_hd_selection(), dtype=bool)
+    pairs, _ = library_bonds(model)
+    h_first = hd[pairs[:, 0]]
+    mixed = h_first != hd[pairs[:, 1]]
+    riding = np.where(h_first[mixed, None], pairs[mixed], pairs[mixed][:, ::-1])
+    heavy = pairs[~hd[pairs[:, 0]] & ~hd[pairs[:, 1]]]
+    return np.unique(riding, axis=0).reshape(-1, 2), np.unique(heavy, axis=0).reshape(-1, 2)
 
 
 def _residue_groups(model):

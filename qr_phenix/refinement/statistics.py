@@ -10,9 +10,10 @@ helix) and would hide what the heavy atoms do.
 from dataclasses import dataclass, asdict
 from typing import Optional
 
+import numpy as np
 from scitbx.array_family import flex
 
-from qr_phenix.monomer_library import library_manager
+from qr_phenix.monomer_library import library_bonds, library_manager
 
 
 
@@ -100,18 +101,13 @@ def broken_bonds(model, limit=BROKEN_BOND_DEVIATION, max_report=5):
     than `limit`, as 'atom - atom d=... (ideal ...)' texts: a QM energy can
     break a bond or move a proton to another atom, which the library never
     does (a zwitterionic peptide in vacuum lost CO2 and an N-H proton)."""
-    grm = library_manager(model)
-    sites = model.get_sites_cart()
+    pairs, ideal = library_bonds(model)
+    xyz = np.array(model.get_sites_cart())
+    d = np.linalg.norm(xyz[pairs[:, 0]] - xyz[pairs[:, 1]], axis=1)
     atoms = model.get_hierarchy().atoms()
-    out = []
-    for p in grm.pair_proxies(sites_cart=sites).bond_proxies.simple:
-        i, j = p.i_seqs
-        d = (sites[i][0] - sites[j][0]) ** 2 + (sites[i][1] - sites[j][1]) ** 2 + \
-            (sites[i][2] - sites[j][2]) ** 2
-        d = d ** 0.5
-        if abs(d - p.distance_ideal) > limit:
-            out.append("%s - %s d=%.2f A (ideal %.2f)" % (
-                atoms[i].id_str().strip(), atoms[j].id_str().strip(), d, p.distance_ideal))
+    out = ["%s - %s d=%.2f A (ideal %.2f)" % (
+        atoms[int(i)].id_str().strip(), atoms[int(j)].id_str().strip(), dk, ik)
+        for (i, j), dk, ik in zip(pairs, d, ideal) if abs(dk - ik) > limit]
     return out[:max_report] + (["... %d more" % (len(out) - max_report)]
                                if len(out) > max_report else [])
 
