@@ -18,7 +18,7 @@ B per residue, for data with few reflections per atom).
 """
 
 from dataclasses import dataclass
-from typing import List, Optional
+from typing import List
 
 import numpy as np
 from libtbx import group_args
@@ -124,7 +124,6 @@ class AdpRefinement:
         self.heavy = ~self.hd
         self.h_parent, self.heavy_bonds = _bonded_pairs(model)
         self.groups = _residue_groups(model) if mode == "group" else None
-        self.last_trials: List[AdpTrial] = []
         xrs = self._xrs()
         self.n_converted = xrs.use_u_aniso().count(True)
         if self.n_converted:   # isotropic B only (ANISOU records of the input)
@@ -199,14 +198,13 @@ class AdpRefinement:
 
     # -- one step ----------------------------------------------------------------
     def run(self):
-        """Refine B; returns the trials (empty for group B). The caller's
-        fmodel and model hold the chosen B afterwards."""
+        """Refine B; returns (trials, the chosen one), ([], None) for group B.
+        The caller's fmodel and model hold the chosen B afterwards."""
         start = self.get_b().deep_copy()
         if self.mode == "group":
             self._minimise_group()
             self._ride_hydrogens()
-            self.last_trials = []
-            return []
+            return [], None
         wx = self.weight_ratio()
         trials, bs = [], []
         for scale in self.trial_scales:
@@ -220,8 +218,7 @@ class AdpRefinement:
             bs.append(self.get_b().deep_copy())
         best = choose_adp_trial(trials, self.limits, self.delta_b_limit())
         self.set_b(bs[trials.index(best)])
-        self.last_trials = trials
-        return trials
+        return trials, best
 
 
 def _bonded_pairs(model):

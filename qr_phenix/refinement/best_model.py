@@ -1,13 +1,15 @@
 """Which model a refinement hands back: never a worse one than it was given.
 
-Every macro-cycle ends with a candidate model.  A candidate is acceptable when its non-H geometry is within the limits (or
-no worse than the start's, for a start already outside them), R-free - R-work
-is within the gap limit, and (maps, where measured) its clashscore is no
-worse than the start's.  Among acceptable candidates the best score wins (lowest R-free,
-or highest map CC; of scores within the tolerance, the latest cycle); when none is acceptable, the gap limit is relaxed
-first, then geometry, and the log says so.  A refined model whose R-free is above the start's by
-more than R_FREE_TOLERANCE is never handed back: the start is returned then,
-and the log says so.
+Every macro-cycle ends with a candidate model.  A candidate is acceptable
+when its non-H geometry is within the limits (or no worse than the start's,
+for a start already outside them), no covalent bond broke (QM), R-free -
+R-work is within the gap limit, and (maps, where measured) its clashscore
+is no worse than the start's.  Among acceptable candidates the best score
+wins (lowest R-free, or highest map CC; of scores within the tolerance, the
+latest cycle).  When none is acceptable the gap limit is relaxed, never
+geometry: without a candidate of acceptable geometry the start is handed
+back.  A refined model whose R-free is above the start's by more than
+R_FREE_TOLERANCE is never handed back either.  The log says which and why.
 """
 
 from typing import Tuple

@@ -179,8 +179,6 @@ class MacroCycleRefinement:
         optimisation does, up to MAX_EXTRA_TRIALS more trials."""
         start = self.get_state()
         trials, states = [], []
-        t0 = time.perf_counter()
-        calls0, seconds0 = stats_mod.engine_counters(self.model)
         for scale in scales:
             trials.append(self._trial(scale, start, cycle))
             states.append(self.get_state())
@@ -202,7 +200,7 @@ class MacroCycleRefinement:
         self._trial_verdicts(trials)
         self._trial_states = states
         self.set_state(states[trials.index(best)])
-        s = self._fill_common(self.measure(cycle), t0, calls0, seconds0)
+        s = self.measure(cycle)
         s.weight = best.scale
         s.note = "weight from %d trials" % len(trials)
         return best.scale, trials, s
@@ -275,15 +273,12 @@ class MacroCycleRefinement:
                 self.before_first_cycle()
             searching = self.uses_data and fixed_scale is None and not result.annealing and (
                 result.scale is None or self.searches_every_cycle())
-            if result.annealing:
+            annealing = result.annealing
+            if annealing:
                 result.scale /= 2
                 self.minimise(result.scale)
-                s = self._fill_common(self.measure(cycle), t0, calls0, seconds0)
+                s = self.measure(cycle)
                 s.add_note("annealing: restraints x2")
-                if self._within_geometry(s):
-                    result.annealing = False
-                    s.add_note("geometry within limits: annealing done")
-                searching = False
             elif searching:
                 first_search = result.scale is None
                 result.scale, trials, s = self._run_trials(
@@ -294,14 +289,17 @@ class MacroCycleRefinement:
             elif result.scale is None:
                 result.scale = 1.0
                 self.minimise(1.0)
-                s = self._fill_common(self.measure(cycle), t0, calls0, seconds0)
+                s = self.measure(cycle)
             else:
                 self.minimise(result.scale)
-                s = self._fill_common(self.measure(cycle), t0, calls0, seconds0)
+                s = self.measure(cycle)
             s.cycle = cycle
             s.weight = result.scale if self.uses_data else None
             self.after_sites(cycle, s)
             self._fill_common(s, t0, calls0, seconds0)
+            if annealing and weights_mod.meets_limits(s, self.limits, "geometry"):
+                result.annealing = False
+                s.add_note("geometry within limits: annealing done")
             self.validate(s)
             s.seconds = time.perf_counter() - t0
             if self.uses_data and fixed_scale is None and not self.searches_every_cycle() \
@@ -353,9 +351,6 @@ class MacroCycleRefinement:
         self._hand_back(result)
         return result
 
-    def _within_geometry(self, s):
-        return s.bond_rmsd <= self.limits.bond_rmsd and s.angle_rmsd <= self.limits.angle_rmsd
-
     def _maybe_anneal(self, result, trials, s):
         """Far from the data, the weight within the geometry limits is too weak
         to move the model into the right place: every strong-data trial has a
@@ -384,9 +379,8 @@ class MacroCycleRefinement:
         result.annealing = True
         result.scale = lowest.scale
         self.set_state(self._trial_states[trials.index(lowest)])
-        m = self._fill_common(self.measure(s.cycle), time.perf_counter(), 0, 0.0)
-        for name in ("r_work", "r_free", "bond_rmsd", "angle_rmsd"):
-            setattr(s, name, getattr(m, name))
+        m = self.measure(s.cycle)    # geometry is measured with the cycle's other numbers
+        s.r_work, s.r_free = m.r_work, m.r_free
         s.weight = result.scale
         s.add_note("far from the data (trial R-free %.4f vs %.4f within limits):"
                    " annealing from scale %g" % (lowest.r_free, chosen_r_free, lowest.scale))

@@ -16,8 +16,6 @@ from scitbx.array_family import flex
 from qr_phenix.monomer_library import library_bonds, library_manager
 
 
-
-
 class HeavyAtomGeometry:
     """Non-H bond/angle rmsd against the library; the selected manager is built
     once (topology does not change during refinement)."""

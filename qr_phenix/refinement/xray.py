@@ -93,20 +93,19 @@ class XrayRefinement(MacroCycleRefinement):
                   % (self.fmodel.r_work(), self.fmodel.r_free()), file=self.log)
 
     def _refine_adp(self):
-        trials = self.adp.run()
+        trials, chosen = self.adp.run()
         set_refine_sites(self.model)
         self.update_scales(back_trace=True)
-        return trials
+        return trials, chosen
 
     def after_sites(self, cycle, stats):
         if self.adp is None:
             return
-        trials = self._refine_adp()
+        trials, chosen = self._refine_adp()
         m = self.measure(cycle)
         stats.r_work, stats.r_free = m.r_work, m.r_free
         stats.mean_b = m.mean_b
         if trials:
-            chosen = [t for t in trials if t.verdict == "chosen"][0]
             stats.adp_weight = chosen.scale
             print("  ADP trials (scale R-work R-free rms dB(bonded) verdict): " + "; ".join(
                 "%g %.4f %.4f %.1f %s" % (t.scale, t.r_work, t.r_free, t.delta_b, t.verdict)
