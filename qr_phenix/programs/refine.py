@@ -426,13 +426,8 @@ Outputs <prefix>.pdb, .cif, .log, .json; a checkpoint after every macro-cycle
                 100 * seconds / max(wall, 1e-9), wall), file=log)
         for label, st in (("start", s), ("final", f)):
             if st.hbonds:
-                h = st.hbonds
-                print("  H-bonds (%s)       %d (%d backbone), H...A %s A, D-H...A %s deg,"
-                      " %d long or bent" % (
-                          label, h["n"], h["n_backbone"],
-                          "%.2f" % h["d_ha_mean"] if h["d_ha_mean"] is not None else "-",
-                          "%.0f" % h["a_dha_mean"] if h["a_dha_mean"] is not None else "-",
-                          h["n_poor"]), file=log)
+                print("  %-6s %s" % (label, validation.HBondResult(**st.hbonds).summary()),
+                      file=log)
         print("Wrote %s.pdb, %s.cif, %s.json, %s.log" % ((prefix,) * 4), file=log)
         self.results = {
             "program": "qr_phenix.refine",
