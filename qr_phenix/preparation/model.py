@@ -359,7 +359,7 @@ def deprotonate_metal_thiolates(root):
     return lines
 
 
-CAP_CH = 1.09  # A; aldehyde C-H (XH_DISTANCE)
+CAP_CH = XH_DISTANCE["C"]  # aldehyde C-H of a gap cap
 
 
 def _cuts(h, known, breaks):
