@@ -116,6 +116,19 @@ def row(entry, tag, r, prepared):
                "ok" if never_worse else "WORSE"))
 
 
+def cost_line(entry, tag, r):
+    """The log's first cost estimate against the real wall time."""
+    first = r["cost_estimates"][0]
+    wall = r["wall_seconds"]
+    per = r["engine"]["seconds"] / max(1, r["engine"]["calls"])
+    return ("  %s %s: %.1f s per QM gradient; estimate %.0f s printed after %.0f s,"
+            " wall %.0f s (%+.0f%%)%s" % (
+                entry, tag, per, first["estimated_total_s"], first["elapsed_s"], wall,
+                100.0 * (first["estimated_total_s"] - wall) / wall,
+                "; library stage %d cycles" % r["library_stage"]["cycles"]
+                if r.get("library_stage") else ""))
+
+
 def main(argv):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="real_entries_out")
@@ -123,6 +136,8 @@ def main(argv):
     ap.add_argument("--qm", nargs="*", default=[])
     ap.add_argument("--nproc", type=int, default=2)
     ap.add_argument("--qm-args", nargs="*", default=[])
+    ap.add_argument("--qm-only", action="store_true",
+                    help="skip the library runs (entries named with --qm only)")
     args = ap.parse_args(argv)
     if not ENTRIES.is_dir():
         sys.exit("no entries folder %s (../shared beside the checkout)" % ENTRIES)
@@ -135,12 +150,15 @@ def main(argv):
     sys.stdout.flush()
     for entry in args.entries:
         prepared, _ = prepare(entry, out)
-        runs = [("cctbx", ["qm_restraints.restraints=cctbx"])]
+        runs = [] if args.qm_only else [("cctbx", ["qm_restraints.restraints=cctbx"])]
         if entry in args.qm:
             runs.append(("gfn2", ["qm_restraints.restraints=qm", "qm_restraints.engine=gfn2",
                                   "parallel.nproc=%d" % args.nproc] + args.qm_args))
         for tag, extra in runs:
-            print(row(entry, tag, refine(entry, prepared, out, tag, extra), prepared))
+            result = refine(entry, prepared, out, tag, extra)
+            print(row(entry, tag, result, prepared))
+            if result and result.get("cost_estimates"):
+                print(cost_line(entry, tag, result))
             sys.stdout.flush()
 
 

@@ -245,6 +245,15 @@ class QMRestraintsManager:
         self._cache_key = None
         self._cache_value = None
         self._last_engine_energy = None
+        self.observer = None
+
+    def set_observer(self, observer):
+        """An object told each engine call (`engine_call(seconds)`) and, for
+        fragments, each finished fragment (`fragments_done(done, total)`):
+        the refinement's cost reporter."""
+        self.observer = observer
+        if hasattr(self.evaluator, "on_fragment_done"):
+            self.evaluator.on_fragment_done = observer.fragments_done if observer else None
 
     # everything not overridden (pair_proxies, crystal_symmetry, proxies,
     # shift_sites_cart, ...) is the library manager's
@@ -300,8 +309,11 @@ class QMRestraintsManager:
             return self._last_engine_energy + wall, wall_gradient
         t0 = time.perf_counter()
         energy, gradient = self.evaluator.energy_and_gradient(sites)
-        self.engine_seconds += time.perf_counter() - t0
+        seconds = time.perf_counter() - t0
+        self.engine_seconds += seconds
         self.n_engine_calls += 1
+        if self.observer is not None:
+            self.observer.engine_call(seconds)
         self._last_engine_energy = energy
         self._cache_key, self._cache_value = key, (energy + wall, gradient + wall_gradient)
         return self._cache_value

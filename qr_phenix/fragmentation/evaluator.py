@@ -77,6 +77,8 @@ class FragmentEvaluator:
         self._history = []
         #: testing hook: passed to the jobs of the next evaluation only
         self.inject_failure = None
+        #: callable(done, total) after each finished fragment (progress reports)
+        self.on_fragment_done = None
 
     # -- partition ----------------------------------------------------------------------
 
@@ -119,7 +121,7 @@ class FragmentEvaluator:
             mode, marker = self.inject_failure
             jobs[0] = replace(jobs[0], fail_mode=mode, fail_marker=marker)
             self.inject_failure = None
-        results = self.executor.run(jobs)
+        results = self.executor.run(jobs, on_done=self.on_fragment_done)
         gradient = np.zeros((self.n_atoms, 3))
         estimate = 0.0
         n_ext = len(ext)

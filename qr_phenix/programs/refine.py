@@ -14,7 +14,9 @@ from qr_phenix import restraints_manager as qm_rm
 from qr_phenix import validation
 from qr_phenix.programs import inputs
 from qr_phenix.refinement import adp as adp_mod
+from qr_phenix.refinement import stages
 from qr_phenix.refinement import weights as weights_mod
+from qr_phenix.refinement.progress import CostReporter
 from qr_phenix.refinement.statistics import engine_counters
 from qr_phenix.refinement.checkpoint import Checkpoint, atomic_write, atomic_write_json, fingerprint
 
@@ -59,6 +61,7 @@ refinement
              only, or not at all"
 %s
 %s
+%s
 }
 output
   .short_caption = Output
@@ -72,7 +75,7 @@ output
     .type = bool
     .help = "Continue from <prefix>.checkpoint.json after an interruption"
 }
-""" % (weights_mod.master_phil_str, adp_mod.master_phil_str)
+""" % (weights_mod.master_phil_str, adp_mod.master_phil_str, stages.master_phil_str)
 
 
 class Program(ProgramTemplate):
@@ -137,7 +140,7 @@ Outputs <prefix>.pdb, .cif, .log, .json; a checkpoint after every macro-cycle
         existing = [prefix + ext for ext in (".pdb", ".cif", ".json")
                     if os.path.exists(prefix + ext)]
         if self.params.output.resume:
-            if not Checkpoint(prefix).exists():
+            if not (Checkpoint(prefix).exists() or Checkpoint(prefix + ".library").exists()):
                 raise Sorry("output.resume=True but there is no checkpoint %s.checkpoint.json;"
                             " run without resume (or check output.prefix)." % prefix)
         elif existing and not self.params.output.overwrite:
@@ -184,8 +187,27 @@ Outputs <prefix>.pdb, .cif, .log, .json; a checkpoint after every macro-cycle
             (" engine=%s" % p.qm_restraints.engine) if quantum else ""), file=log)
         model = self._load_model(log, quantum)
         checkpoint = Checkpoint(self.prefix)
-        state = self._resume_state(checkpoint, model, log)
-        refinement = self._make_refinement(model, log, quantum, checkpoint, state)
+        self.t_start = t_start
+        staged, why = self._library_stage(model, quantum)
+        if quantum:
+            print("Library stage before QM: %s (%s)" % ("yes" if staged else "no", why),
+                  file=log)
+        self.reporter = None
+
+        def reporter(overhead_per_step=0.0):
+            self.reporter = CostReporter(log, overhead_per_step=overhead_per_step, t0=t_start)
+            return self.reporter
+        if staged:
+            self._set_fingerprint(model)
+            refinement = stages.StagedRefinement(
+                self._stage_factory(model, log), p.refinement, self.prefix,
+                p.output.resume, log=log, fingerprint=self.fingerprint,
+                reporter_factory=reporter)
+        else:
+            state = self._resume_state(checkpoint, model, log)
+            refinement = self._make_refinement(model, log, quantum, checkpoint, state)
+            if quantum:
+                refinement.reporter = reporter()
         try:
             result = refinement.run(fixed_scale=weights_mod.parse_weight(p.refinement.weight))
         except KeyboardInterrupt:
@@ -207,6 +229,8 @@ Outputs <prefix>.pdb, .cif, .log, .json; a checkpoint after every macro-cycle
         self.refinement = refinement
         self._write_outputs(model, result, log, quantum, t_start)
         checkpoint.remove()
+        if staged:
+            refinement.remove_checkpoints()
 
     # ------------------------------------------------------------------
     def _load_model(self, log, quantum):
@@ -272,12 +296,36 @@ Outputs <prefix>.pdb, .cif, .log, .json; a checkpoint after every macro-cycle
                         " coordinates or the CRYST1 record are wrong. Check the cell of the"
                         " model against the data." % np.abs(center - 0.5).max())
 
-    def _resume_state(self, checkpoint, model, log):
+    def _set_fingerprint(self, model):
         self.fingerprint = fingerprint(
             model.get_number_of_atoms(),
             [a.id_str() for a in model.get_hierarchy().atoms()][:50],
             self.mode, self.params.qm_restraints.restraints, self.params.qm_restraints.engine,
             self.params.qm_restraints.selection)
+
+    def _library_stage(self, model, quantum):
+        p = self.params
+        fragments_on = quantum and fragmentation.fragments_enabled(
+            p.fragments, model.get_number_of_atoms(), p.qm_restraints.selection)
+        unrestrained = [label for label, _ in qm_rm.residues_without_restraints(model)] \
+            if quantum else []
+        return stages.use_library_stage(p.refinement, quantum, self.mode != "geometry",
+                                        fragments_on, unrestrained)
+
+    def _stage_factory(self, model, log):
+        def make(quantum, refinement_params, checkpoint, state, fmodel):
+            if state is not None:
+                if state.get("fingerprint") != self.fingerprint:
+                    raise Sorry("The checkpoint %s belongs to a different model or settings;"
+                                " run without output.resume." % checkpoint.path)
+                _, sites = checkpoint.load()
+                model.set_sites_cart(flex.vec3_double(sites))
+            return self._make_refinement(model, log, quantum, checkpoint, state,
+                                         refinement_params=refinement_params, fmodel=fmodel)
+        return make
+
+    def _resume_state(self, checkpoint, model, log):
+        self._set_fingerprint(model)
         if not self.params.output.resume:
             return None
         state, sites = checkpoint.load()
@@ -288,21 +336,27 @@ Outputs <prefix>.pdb, .cif, .log, .json; a checkpoint after every macro-cycle
         model.set_sites_cart(flex.vec3_double(sites))
         return state
 
-    def _make_refinement(self, model, log, quantum, checkpoint, state):
+    def _make_refinement(self, model, log, quantum, checkpoint, state, refinement_params=None,
+                         fmodel=None):
+        """One refinement (stage) on the model; quantum installs the QM restraints.
+        A later stage passes the fmodel of the earlier one (its scales and B)."""
         p = self.params
-        r = p.refinement
+        r = refinement_params or p.refinement
         kwargs = dict(log=log, checkpoint=checkpoint, checkpoint_state=state)
         if self.mode == "xray":
-            fmodel = self._fmodel(model)
+            first = fmodel is None
+            if first:
+                fmodel = self._fmodel(model)
+                self._show_data(fmodel, log)
             d_min = fmodel.f_obs().d_min()
-            self._show_data(fmodel, log)
         elif self.mode == "real_space":
             d_min = r.resolution
             model.setup_scattering_dictionaries(scattering_table="electron")
         else:
             d_min = None
-        qm_rm.setup_restraints(model, p.qm_restraints, log=log, fragment_params=p.fragments,
-                               parallel_params=p.parallel)
+        if quantum:
+            qm_rm.setup_restraints(model, p.qm_restraints, log=log,
+                                   fragment_params=p.fragments, parallel_params=p.parallel)
         n_free = fmodel.r_free_flags().data().count(True) if self.mode == "xray" else None
         limits = weights_mod.limits_for(d_min, r, quantum, p.qm_restraints.engine, n_free)
         if self.mode == "xray":
@@ -310,10 +364,11 @@ Outputs <prefix>.pdb, .cif, .log, .json; a checkpoint after every macro-cycle
             n_work = fmodel.r_free_flags().data().count(False)
             n_heavy = (~model.get_hd_selection()).count(True)
             self.adp_mode = adp_mod.resolve_mode(r.adp, n_work, n_heavy)
-            print("ADP refinement: %s (%d work reflections, %d non-H atoms)%s" % (
-                self.adp_mode, n_work, n_heavy,
-                " twin law %s" % fmodel.twin_law_str if fmodel.twin_law_str else ""),
-                file=log)
+            if first:
+                print("ADP refinement: %s (%d work reflections, %d non-H atoms)%s" % (
+                    self.adp_mode, n_work, n_heavy,
+                    " twin law %s" % fmodel.twin_law_str if fmodel.twin_law_str else ""),
+                    file=log)
             ref = XrayRefinement(model, fmodel, r, limits, quantum, adp_mode=self.adp_mode,
                                  **kwargs)
         elif self.mode == "real_space":
@@ -447,6 +502,9 @@ Outputs <prefix>.pdb, .cif, .log, .json; a checkpoint after every macro-cycle
             "selection": result.selection_note,
             "stopped": result.stopped,
             "adp": getattr(self, "adp_mode", None),
+            "library_stage": self._library_stage_summary(),
+            "cost_estimates": [{"elapsed_s": e, "estimated_total_s": t}
+                               for e, t in self.reporter.estimates] if self.reporter else [],
             "data": self._data_summary(),
             "wall_seconds": wall,
             "outputs": {"pdb": os.path.abspath(prefix + ".pdb"),
@@ -455,6 +513,14 @@ Outputs <prefix>.pdb, .cif, .log, .json; a checkpoint after every macro-cycle
             "parameters": self.master_phil.format(python_object=self.params).as_str(),
         }
         atomic_write_json(prefix + ".json", self.results)
+
+    def _library_stage_summary(self):
+        staged = self.refinement
+        if not isinstance(staged, stages.StagedRefinement):
+            return None
+        lib = staged.library_result
+        return {"cycles": len(lib.cycles), "selected": lib.selected,
+                "r_free": lib.final.r_free, "selection": lib.selection_note}
 
     def _data_summary(self):
         fmodel = getattr(self.refinement, "fmodel", None)

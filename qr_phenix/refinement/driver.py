@@ -88,6 +88,10 @@ class MacroCycleRefinement:
         self.validator = validator    # callable(model, stats): clashscore, H-bonds
         self.geometry = stats_mod.HeavyAtomGeometry(model)
         self._reference_ratio = self.checkpoint_state.get("reference_ratio")
+        self.iterations = params.max_iterations     # of the minimisation under way
+        self.trial_iterations = params.max_iterations
+        self.max_extra_trials = MAX_EXTRA_TRIALS
+        self.reporter = None     # progress.CostReporter, told each minimisation
 
     # -- to implement -------------------------------------------------------
     def minimise(self, scale):
@@ -150,7 +154,7 @@ class MacroCycleRefinement:
     def _trial_verdicts(self, trials):
         print("\n  Weight trials (same start, %d iterations each); limits: bonds <= %.3f A,"
               " angles <= %.2f deg%s" % (
-                  self.params.max_iterations, self.limits.bond_rmsd, self.limits.angle_rmsd,
+                  self.trial_iterations, self.limits.bond_rmsd, self.limits.angle_rmsd,
                   ", R-free - R-work <= %.3f" % self.limits.gap if self.score == "r_free"
                   else ""), file=self.log)
         print("    scale   R-work  R-free    gap   bonds  angles   map CC  verdict", file=self.log)
@@ -161,9 +165,43 @@ class MacroCycleRefinement:
                 t.bond_rmsd, t.angle_rmsd, f(t.map_cc, "%7.4f"), t.verdict), file=self.log)
         print("", file=self.log)
 
-    def _trial(self, scale, start, cycle):
+    def _minimise(self, scale, label, iterations=None):
+        """One minimisation, announced to the cost reporter."""
+        self.iterations = iterations or self.params.max_iterations
+        if self.reporter is not None:
+            self.reporter.begin_step(label, self.iterations)
+        try:
+            self.minimise(scale)
+        finally:
+            if self.reporter is not None:
+                self.reporter.end_step()
+            self.iterations = self.params.max_iterations
+
+    def plan(self, result, n_cycles):
+        """(label, iterations) of the minimisations still to come, for the cost
+        reporter: the first weight search (when one is due), one per cycle,
+        and trials around the weight in every cycle with weight_search=every."""
+        steps = []
+        first = len(result.cycles) + 1
+        for cycle in range(first, n_cycles + 1):
+            searching = self.uses_data and self._fixed_scale is None and (
+                (result.scale is None and cycle == first) or self.searches_every_cycle())
+            if searching:
+                first_search = result.scale is None and cycle == first
+                scales = self.trial_scales(cycle, None if first_search else 1.0)
+                steps += [(self._trial_label(cycle, k), self.trial_iterations)
+                          for k in range(len(scales))]
+            else:
+                steps.append(("cycle %d of %d" % (cycle, n_cycles), self.params.max_iterations))
+        return steps
+
+    @staticmethod
+    def _trial_label(cycle, k):
+        return "cycle %d weight trial %d" % (cycle, k + 1)
+
+    def _trial(self, scale, start, cycle, k=0):
         self.set_state(start)
-        self.minimise(scale)
+        self._minimise(scale, self._trial_label(cycle, k), self.trial_iterations)
         s = self.measure(cycle)
         bond, angle = self.geometry(self.model.get_sites_cart())
         if self.score == "map_cc" and self.limits.max_clashscore is not None:
@@ -179,15 +217,15 @@ class MacroCycleRefinement:
         optimisation does, up to MAX_EXTRA_TRIALS more trials."""
         start = self.get_state()
         trials, states = [], []
-        for scale in scales:
-            trials.append(self._trial(scale, start, cycle))
+        for k, scale in enumerate(scales):
+            trials.append(self._trial(scale, start, cycle, k))
             states.append(self.get_state())
         best = weights_mod.choose(trials, self.limits, score=self.score)
-        for _ in range(MAX_EXTRA_TRIALS):
+        for _ in range(self.max_extra_trials):
             if weights_mod.meets_limits(best, self.limits, self.score):
                 break
             strongest = min(trials, key=lambda t: t.scale)
-            trials.append(self._trial(strongest.scale / 2, start, cycle))
+            trials.append(self._trial(strongest.scale / 2, start, cycle, len(trials)))
             states.append(self.get_state())
             best = weights_mod.choose(trials, self.limits, score=self.score)
             new = trials[-1]
@@ -231,6 +269,7 @@ class MacroCycleRefinement:
 
     def run(self, fixed_scale=None):
         p = self.params
+        self._fixed_scale = fixed_scale
         resumed = self.checkpoint_state
         if resumed:
             result = RefinementResult(
@@ -265,7 +304,13 @@ class MacroCycleRefinement:
             print(stats_mod.HEADER, file=self.log)
             self._print(start)
         n_cycles = p.macro_cycles if self.uses_data or p.macro_cycles else 1
+        if self.reporter is not None:
+            self.reporter.plan(self.plan(result, n_cycles))
+            grm = self.model.get_restraints_manager().geometry
+            if hasattr(grm, "set_observer"):
+                grm.set_observer(self.reporter)
         for cycle in range(len(result.cycles) + 1, n_cycles + 1):
+            label = "cycle %d of %d" % (cycle, n_cycles)
             t0 = time.perf_counter()
             calls0, seconds0 = stats_mod.engine_counters(self.model)
             previous_sites = np.array(self.get_sites())
@@ -276,7 +321,7 @@ class MacroCycleRefinement:
             annealing = result.annealing
             if annealing:
                 result.scale /= 2
-                self.minimise(result.scale)
+                self._minimise(result.scale, label)
                 s = self.measure(cycle)
                 s.add_note("annealing: restraints x2")
             elif searching:
@@ -288,10 +333,10 @@ class MacroCycleRefinement:
                     self._maybe_anneal(result, trials, s)
             elif result.scale is None:
                 result.scale = 1.0
-                self.minimise(1.0)
+                self._minimise(1.0, label)
                 s = self.measure(cycle)
             else:
-                self.minimise(result.scale)
+                self._minimise(result.scale, label)
                 s = self.measure(cycle)
             s.cycle = cycle
             s.weight = result.scale if self.uses_data else None

@@ -51,7 +51,7 @@ class RealSpaceRefinement(MacroCycleRefinement):
             unit_cell=self.unit_cell, geometry_restraints_manager=self._grm(),
             real_space_target_weight=weight,
             real_space_gradients_delta=self.resolution / 4.,
-            lbfgs_termination_params=termination(self.params.max_iterations))
+            lbfgs_termination_params=termination(self.iterations))
         self.model.set_sites_cart(minimiser.sites_cart)
 
     def measure(self, cycle):
@@ -80,7 +80,7 @@ class GeometryMinimisation(MacroCycleRefinement):
         geometry_lbfgs.lbfgs(
             sites_cart=sites,
             geometry_restraints_manager=self.model.get_restraints_manager().geometry,
-            lbfgs_termination_params=termination(self.params.max_iterations))
+            lbfgs_termination_params=termination(self.iterations))
         self.model.set_sites_cart(sites)
 
     def measure(self, cycle):

@@ -134,7 +134,7 @@ class XrayRefinement(MacroCycleRefinement):
             fmodels=mmtbx.fmodels(fmodel_xray=self.fmodel),
             restraints_manager=self.model.get_restraints_manager(),
             model=self.model, target_weights=tw, refine_xyz=True,
-            lbfgs_termination_params=termination(self.params.max_iterations),
+            lbfgs_termination_params=termination(self.iterations),
             collect_monitor=False, log=null_out())
         self.model.set_sites_cart(self.fmodel.xray_structure.sites_cart())
         self.update_scales()

@@ -1,0 +1,163 @@
+"""What a QM run will cost, told while it runs.
+
+A fragmented QM gradient of a real entry takes seconds to minutes (1va7,
+3.9k atoms, GFN2, 126 fragments: ~10 s on 2 processes), and a refinement
+needs a hundred or more of them.  The reporter is told the plan (the
+minimisations still to come and their iteration limits), each QM gradient's
+time (from the restraints manager) and each finished fragment (from the
+fragment executor).  It prints:
+
+* after the first QM gradient: its time and an estimate for the run;
+* at most every `interval` seconds while a step runs: gradients done, the
+  time per gradient, and the estimated time left (fragments done too when
+  one gradient outlasts the interval);
+* after each step, nothing: the cycle table has the numbers; the estimate
+  is only re-calibrated.
+
+Estimate = (QM gradients still planned) x (time per gradient) + (steps
+still planned) x (time per step outside the engine).  Gradients per
+iteration and the time outside the engine are measured as the run goes;
+before the first finished step they are taken as CALLS_PER_ITERATION and the
+`overhead_per_step` the caller measured (the library stage's time per
+minimisation, when there was one).
+"""
+
+import sys
+import time
+
+#: QM gradients per L-BFGS iteration before any step is measured.  mmtbx's
+#: minimisers evaluate once per iteration, plus the start point and line-search
+#: retries, and minimisations that stop early bring the mean below one.
+CALLS_PER_ITERATION = 1.0
+RECENT = 5   # gradients averaged for the time per gradient
+
+
+def minutes(seconds):
+    if seconds < 90:
+        return "%.0f s" % seconds
+    if seconds < 5400:
+        return "%.0f min" % (seconds / 60.0)
+    return "%.1f h" % (seconds / 3600.0)
+
+
+class CostReporter:
+
+    def __init__(self, log=sys.stdout, interval=60.0, overhead_per_step=0.0, clock=None,
+                 t0=None):
+        self.log = log
+        self.interval = float(interval)
+        self.clock = clock or time.perf_counter
+        self.t0 = self.clock() if t0 is None else t0   # the run's start
+        self.overhead_guess = float(overhead_per_step)
+        self.plan_steps = []          # [(label, iterations)] still to come
+        self.step_label = None
+        self.step_iterations = 0
+        self.step_t0 = None
+        self.step_calls = 0
+        self.step_engine = 0.0
+        self.gradient_times = []
+        self.calls_done = 0
+        self.iterations_done = 0      # iteration limits of finished steps
+        self.overheads = []           # seconds outside the engine per finished step
+        self.last_print = None
+        self.estimates = []           # (elapsed, estimated total) as printed
+
+    # -- told by the driver --------------------------------------------------------
+    def plan(self, steps):
+        """The minimisations still to come, as (label, iteration limit)."""
+        self.plan_steps = list(steps)
+
+    def begin_step(self, label, iterations):
+        self.step_label = label
+        self.step_iterations = int(iterations)
+        self.step_t0 = self.clock()
+        self.step_calls = 0
+        self.step_engine = 0.0
+        labels = [l for l, _ in self.plan_steps]
+        if label in labels:       # unplanned steps (extra weight trials) take none
+            del self.plan_steps[labels.index(label)]
+
+    def end_step(self):
+        if self.step_t0 is None:
+            return
+        wall = self.clock() - self.step_t0
+        self.overheads.append(max(0.0, wall - self.step_engine))
+        self.iterations_done += self.step_iterations
+        self.step_t0 = None
+
+    # -- told by the restraints manager and the fragment executor --------------------
+    def engine_call(self, seconds):
+        self.gradient_times.append(float(seconds))
+        self.calls_done += 1
+        self.step_calls += 1
+        self.step_engine += float(seconds)
+        now = self.clock()
+        if self.calls_done == 1:
+            total = self.estimate_total()
+            self.estimates.append((now - self.t0, total))
+            print("  First QM gradient: %s. Planned: %s; estimate for the run: %s"
+                  " (%s from now)" % (minutes(seconds), self.describe_plan(),
+                                      minutes(total), minutes(total - (now - self.t0))),
+                  file=self.log)
+            self._flush()
+            self.last_print = now
+        elif self.last_print is not None and now - self.last_print >= self.interval:
+            self.last_print = now
+            total = self.estimate_total()
+            self.estimates.append((now - self.t0, total))
+            print("  ... %s: %d QM gradients (%s each); run %s of ~%s, ~%s left"
+                  % (self.step_label or "step", self.step_calls,
+                     minutes(self.seconds_per_gradient()), minutes(now - self.t0),
+                     minutes(total), minutes(max(0.0, total - (now - self.t0)))),
+                  file=self.log)
+            self._flush()
+
+    def fragments_done(self, done, total):
+        now = self.clock()
+        if self.last_print is None or now - self.last_print < self.interval:
+            return
+        self.last_print = now
+        print("  ... %s: QM gradient %d, %d of %d fragments done"
+              % (self.step_label or "step", self.step_calls + 1, done, total), file=self.log)
+        self._flush()
+
+    # -- the estimate -----------------------------------------------------------------
+    def seconds_per_gradient(self):
+        recent = self.gradient_times[-RECENT:]
+        return sum(recent) / len(recent) if recent else 0.0
+
+    def calls_per_iteration(self):
+        if self.iterations_done == 0:
+            return CALLS_PER_ITERATION
+        finished_calls = self.calls_done - self.step_calls
+        return finished_calls / float(self.iterations_done)
+
+    def overhead_per_step(self):
+        if self.overheads:
+            return sum(self.overheads) / len(self.overheads)
+        return self.overhead_guess
+
+    def remaining_gradients(self):
+        per = self.calls_per_iteration()
+        current = max(0.0, self.step_iterations * per - self.step_calls) \
+            if self.step_t0 is not None else 0.0
+        return current + sum(n * per for _, n in self.plan_steps)
+
+    def estimate_total(self):
+        """Estimated wall time of the whole run, from the reporter's start."""
+        now = self.clock()
+        left = self.remaining_gradients() * self.seconds_per_gradient()
+        steps_left = len(self.plan_steps) + (1 if self.step_t0 is not None else 0)
+        left += steps_left * self.overhead_per_step()
+        return (now - self.t0) + left
+
+    def describe_plan(self):
+        steps = ([(self.step_label, self.step_iterations)] if self.step_t0 is not None
+                 else []) + self.plan_steps
+        n = int(round(self.remaining_gradients())) + self.calls_done
+        return "%d minimisations (%d iterations), ~%d QM gradients" % (
+            len(steps), sum(i for _, i in steps), n)
+
+    def _flush(self):
+        if hasattr(self.log, "flush"):
+            self.log.flush()

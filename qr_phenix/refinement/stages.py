@@ -1,0 +1,236 @@
+"""Library first, then quantum: QM refinement of a whole entry at a cost users accept.
+
+A fragmented QM gradient of a real entry costs seconds (1va7, 3.9k atoms,
+GFN2, 126 fragments: ~10 s on 2 processes); a library gradient costs
+milliseconds.  Most of what refinement does from a deposited start (B,
+bulk solvent and scales, the overall fit of side chains) needs no QM, and
+the full QM protocol (5 weight trials, then up to 10 macro-cycles of 25
+iterations) spends 350-450 QM gradients on it.  With `library_stage` on:
+
+1. library stage: the whole library protocol (weight search every cycle,
+   B, the never-worse choice) until it converges or stops;
+2. QM stage: from the model the library stage hands back, short weight
+   trials (`qm_weight_trials`, `qm_trial_iterations` iterations each) and
+   `qm_macro_cycles` macro-cycles with QM restraints.
+
+The model handed back is the QM stage's choice among its candidates and its
+start (the library stage's model), so it is never worse than the library
+model, which is never worse than the input; a QM model whose R-free is more
+than best_model.R_FREE_TOLERANCE above the input's is not handed back.
+
+Resume: the library stage checkpoints to <prefix>.library.checkpoint.json
+and marks it finished with its result; the QM stage uses <prefix>.checkpoint.json.
+"""
+
+import copy
+import sys
+
+from libtbx import Auto
+
+from qr_phenix.refinement import best_model
+from qr_phenix.refinement.checkpoint import Checkpoint
+from qr_phenix.refinement.driver import RefinementResult
+
+master_phil_str = """
+library_stage = Auto
+  .type = bool
+  .help = "QM runs: refine with library restraints first (weights every cycle, \
+           B) until converged, then continue from that model with QM \
+           restraints for qm_macro_cycles. Auto: on when the QM energy comes \
+           from fragments (whole entries, where a QM gradient costs seconds) \
+           and every residue has library restraints"
+  .short_caption = Library stage before QM
+qm_macro_cycles = 3
+  .type = int
+  .help = "Macro-cycles with QM restraints after the library stage"
+qm_weight_trials = 0.25 0.5 1
+  .type = floats
+  .help = "Weight scales tried at the start of the QM stage (smaller ones \
+           follow while none meets the limits, at most qm_extra_trials)"
+qm_trial_iterations = 10
+  .type = int
+  .help = "L-BFGS iterations of each QM-stage weight trial (the macro-cycles \
+           use max_iterations)"
+qm_extra_trials = 2
+  .type = int
+  .help = "QM stage: at most this many trials toward stronger restraints \
+           when no trial meets the limits"
+"""
+
+
+def use_library_stage(params, quantum, uses_data, fragments_on, unrestrained):
+    """(on, why) for refinement.library_stage."""
+    wanted = params.library_stage
+    if not quantum:
+        return False, "library restraints only"
+    if not uses_data:
+        return False, "geometry-only run"
+    if unrestrained:
+        if wanted is True:
+            from libtbx.utils import Sorry
+            raise Sorry("refinement.library_stage=True, but %s have no library restraints;"
+                        " supply a dictionary for them or set refinement.library_stage=False."
+                        % ", ".join(unrestrained))
+        return False, "no library restraints for %s" % ", ".join(unrestrained)
+    if wanted is None or wanted is Auto:
+        if fragments_on:
+            return True, "QM from fragments (each gradient costs seconds)"
+        return False, "whole-model QM of a small model"
+    return bool(wanted), "refinement.library_stage=%s" % bool(wanted)
+
+
+def qm_stage_params(params):
+    """The refinement extract for the QM stage: its cycles and trials."""
+    p = copy.deepcopy(params)
+    p.macro_cycles = params.qm_macro_cycles
+    p.weight_trials = list(params.qm_weight_trials)
+    return p
+
+
+class StagedRefinement:
+    """Runs the library stage, then the QM stage; looks like one refinement
+    (run, state_of, set_state, fmodel, k_mask_max) to the program.
+
+    make(quantum, params, checkpoint, state, fmodel) builds one stage's
+    MacroCycleRefinement on the shared model (the QM stage installs the QM
+    restraints and reuses the library stage's fmodel).
+    """
+
+    def __init__(self, make, params, prefix, resume, log=sys.stdout, fingerprint=None,
+                 reporter_factory=None):
+        self.make = make
+        self.params = params
+        self.library_checkpoint = Checkpoint(prefix + ".library")
+        self.qm_checkpoint = Checkpoint(prefix)
+        self.resume = resume
+        self.log = log
+        self.fingerprint = fingerprint
+        self.reporter_factory = reporter_factory
+        self.library = None
+        self.quantum = None
+        self.library_result = None
+        self.qm_result = None
+        self._library_states = {}
+
+    # -- the refinement interface the program uses ------------------------------
+    @property
+    def fmodel(self):
+        return getattr(self.library, "fmodel", None)
+
+    def k_mask_max(self):
+        return self.library.k_mask_max()
+
+    def set_state(self, state):
+        (self.quantum or self.library).set_state(state)
+
+    def state_of(self, index):
+        n_library = len(self.library_result.cycles)
+        if index <= n_library:
+            return self._library_states.get(index) or self.library.state_of(index)
+        return self.quantum.state_of(index - n_library)
+
+    def remove_checkpoints(self):
+        self.library_checkpoint.remove()
+        self.qm_checkpoint.remove()
+
+    # -- stages -----------------------------------------------------------------
+    def _load(self, checkpoint):
+        if not (self.resume and checkpoint.exists()):
+            return None
+        state, _ = checkpoint.load()
+        return state
+
+    def run(self, fixed_scale=None):
+        import time
+        t0 = time.perf_counter()
+        saved = self._load(self.library_checkpoint)
+        print("\n=== Library stage: library restraints until converged, then QM ===",
+              file=self.log)
+        if saved is not None and saved.get("finished"):
+            self.library = self.make(False, self.params, None, None, None)
+            self.library_result = result_from_dict(saved["result"], self.library.limits)
+            self._library_states = {int(k): v for k, v in saved["states"].items()}
+            self.library.set_state(saved["states"][str(self.library_result.selected)])
+            print("Library stage finished before the interruption: continuing with the"
+                  " model it handed back (cycle %d)" % self.library_result.selected,
+                  file=self.log)
+            library_seconds = saved.get("seconds", 0.0)
+        else:
+            self.library = self.make(False, self.params, self.library_checkpoint, saved, None)
+            self.library.checkpoint_meta = lambda: {"fingerprint": self.fingerprint}
+            self.library_result = self.library.run(fixed_scale=fixed_scale)
+            chosen = self.library_result.selected
+            self._library_states = {0: self.library.state_of(0),
+                                    chosen: self.library.state_of(chosen)}
+            library_seconds = time.perf_counter() - t0
+            self.library_checkpoint.save(
+                {"fingerprint": self.fingerprint, "finished": True,
+                 "result": result_as_dict(self.library_result), "seconds": library_seconds,
+                 "states": {str(k): v for k, v in self._library_states.items()}},
+                self.library.model.get_sites_cart())
+        n_library = len(self.library_result.cycles)
+        minimisations = max(1, n_library * (3 if self.library.searches_every_cycle() else 1)
+                            + len(self.params.weight_trials))
+        print("\n=== QM stage: %d macro-cycles from the library stage's model ==="
+              % self.params.qm_macro_cycles, file=self.log)
+        qm_params = qm_stage_params(self.params)
+        qm_saved = self._load(self.qm_checkpoint)
+        self.quantum = self.make(True, qm_params, self.qm_checkpoint, qm_saved,
+                                 self.library.fmodel if hasattr(self.library, "fmodel")
+                                 else None)
+        self.quantum.checkpoint_meta = lambda: {"fingerprint": self.fingerprint}
+        self.quantum.trial_iterations = self.params.qm_trial_iterations
+        self.quantum.max_extra_trials = self.params.qm_extra_trials
+        if self.reporter_factory is not None:
+            self.quantum.reporter = self.reporter_factory(library_seconds / minimisations)
+        self.qm_result = self.quantum.run(fixed_scale=fixed_scale)
+        return self.combined()
+
+    def combined(self):
+        """One result: the input as start, library then QM cycles, the choice."""
+        lib, qm = self.library_result, self.qm_result
+        n = len(lib.cycles)
+        cycles = list(lib.cycles)
+        for c in qm.cycles:
+            c = copy.copy(c)
+            c.cycle = n + c.cycle
+            c.note = ("QM; " + c.note) if c.note else "QM"
+            cycles.append(c)
+        result = RefinementResult(start=lib.start, cycles=cycles,
+                                  trials=list(lib.trials) + list(qm.trials), scale=qm.scale,
+                                  limits=qm.limits, converged=qm.converged,
+                                  stopped=qm.stopped)
+        if qm.selected:
+            result.selected = n + qm.selected
+            result.selection_note = "QM stage %s" % qm.selection_note
+        else:
+            result.selected = lib.selected
+            result.selection_note = "library stage %s (QM stage: %s)" % (
+                lib.selection_note, qm.selection_note)
+        chosen = result.final
+        if chosen.r_free is not None and lib.start.r_free is not None and \
+                chosen.r_free > lib.start.r_free + best_model.R_FREE_TOLERANCE:
+            result.selected = lib.selected
+            result.selection_note = ("library stage %s (the QM model's R-free %.4f is above"
+                                     " the input's %.4f)" % (lib.selection_note, chosen.r_free,
+                                                             lib.start.r_free))
+            self.set_state(self.state_of(result.selected))
+        return result
+
+
+def result_as_dict(result):
+    return {"start": result.start.as_dict(), "cycles": [c.as_dict() for c in result.cycles],
+            "trials": [t.as_dict() for t in result.trials], "scale": result.scale,
+            "converged": result.converged, "selected": result.selected,
+            "stopped": result.stopped, "selection_note": result.selection_note}
+
+
+def result_from_dict(d, limits):
+    from qr_phenix.refinement import statistics as stats_mod
+    from qr_phenix.refinement import weights as weights_mod
+    return RefinementResult(
+        start=stats_mod.CycleStats.from_dict(d["start"]),
+        cycles=[stats_mod.CycleStats.from_dict(c) for c in d["cycles"]],
+        trials=[weights_mod.Trial.from_dict(t) for t in d["trials"]],
+        scale=d["scale"], limits=limits, converged=d["converged"], selected=d["selected"],
+        stopped=d["stopped"], selection_note=d["selection_note"])
