@@ -126,6 +126,11 @@ def test_rebuild_after_displacement():
     moved[0, 0] += 0.3
     assert ev.update_partition(moved) is True
     assert ev.generation == 2
+    # a hydrogen swinging round (OH, NH3+, water) does not rebuild: cores and
+    # buffers are chosen by heavy atoms, and each H goes with its own
+    hydrogen = [a.i_seq for a in h.atoms() if a.element.strip() == "H"][0]
+    moved[hydrogen] += 1.0
+    assert ev.update_partition(moved) is False and ev.generation == 2
 
 
 @pytest.fixture(scope="module")

@@ -298,3 +298,91 @@ def test_driver_doubles_data_weight_when_geometry_is_well_inside_limits(helix_pd
     result = _scripted_refinement(model, tight).run()
     assert [c.weight for c in result.cycles][:4] == [1, 0.5, 0.25, 0.25]
     assert result.safety_steps == driver.MAX_SAFETY_STEPS
+
+
+# --- the fast path for QM: library stage, then QM; cost estimate -------------
+
+def test_library_stage_then_qm_resumes_and_never_hands_back_worse(start_pdb, helix_mtz,
+                                                                 tmp_path, monkeypatch):
+    """refinement.library_stage=True on the helix: library cycles, then QM cycles
+    from the library stage's model; a crash in the QM stage resumes there
+    without redoing the library stage; the log carries the cost estimate."""
+    from qr_phenix.refinement import xray
+    prefix = tmp_path / "staged"
+    args = (start_pdb, helix_mtz, "refinement.library_stage=True",
+            "refinement.macro_cycles=3", "refinement.qm_macro_cycles=2",
+            "refinement.qm_weight_trials=0.25 0.5", "refinement.qm_trial_iterations=5",
+            "refinement.bulk_solvent=False", "refinement.adp=none",
+            "output.prefix=%s" % prefix)
+    original = xray.XrayRefinement.minimise
+    quantum_minimisations = {"n": 0}
+
+    def crash_in_second_qm_cycle(self, scale):
+        if self.quantum:
+            quantum_minimisations["n"] += 1
+            if quantum_minimisations["n"] == 3:   # 2 trials (cycle 1), then cycle 2
+                raise Sorry("engine crashed (simulated)")
+        return original(self, scale)
+
+    monkeypatch.setattr(xray.XrayRefinement, "minimise", crash_in_second_qm_cycle)
+    with pytest.raises(Sorry, match="simulated"):
+        refine(*args)
+    library = json.load(open(str(prefix) + ".library.checkpoint.json"))
+    assert library["finished"] and 1 <= len(library["result"]["cycles"]) <= 3
+    monkeypatch.setattr(xray.XrayRefinement, "minimise", original)
+    r = refine(*args, "output.resume=True")
+    n_library = r["library_stage"]["cycles"]
+    assert n_library == len(library["result"]["cycles"])
+    assert len(r["cycles"]) == n_library + 2
+    assert all("QM" in c["note"] for c in r["cycles"][n_library:])
+    assert r["engine"]["calls"] > 0
+    # two QM trials of 5 iterations: the trial table says so
+    assert len([t for t in r["weight"]["trials"] if t["scale"] in (0.25, 0.5)]) >= 2
+    assert r["final"]["r_free"] <= r["start"]["r_free"] + 0.002
+    log = open(str(prefix) + ".log").read()
+    assert "Library stage finished before the interruption" in log
+    assert "Weight trials (same start, 5 iterations each)" in log
+    assert "estimate for the run" in log and r["cost_estimates"]
+    assert not os.path.exists(str(prefix) + ".library.checkpoint.json")
+    assert not os.path.exists(str(prefix) + ".checkpoint.json")
+
+
+def test_library_stage_auto_is_off_for_small_whole_model_qm(xray_runs):
+    assert xray_runs["qm"]["library_stage"] is None
+    assert "Library stage before QM: no (whole-model QM of a small model)" in open(
+        xray_runs["qm"]["outputs"]["log"]).read()
+
+
+def test_cost_reporter_estimate_and_progress_lines():
+    """The estimate after the second gradient is (gradients planned) x (time
+    per warm gradient) + steps x (overhead); progress lines appear only after
+    the interval; fragment lines only while one gradient outlasts it."""
+    import io
+    from qr_phenix.refinement.progress import CostReporter
+    now = {"t": 0.0}
+    log = io.StringIO()
+    rep = CostReporter(log, interval=60.0, overhead_per_step=2.0, clock=lambda: now["t"])
+    rep.plan([("trial 1", 10), ("cycle 2 of 2", 20)])
+    rep.engine_call(8.0)               # the start model, cold
+    now["t"] = 10.0
+    rep.begin_step("trial 1", 10)
+    now["t"] = 14.0
+    rep.engine_call(4.0)
+    # 9 more in this step + 20 in the next at the mean of the first two
+    # gradients (6 s), + 2 steps x 2 s overhead
+    assert rep.estimates[-1][1] == pytest.approx(14.0 + 29 * 6.0 + 2 * 2.0)
+    assert "First QM gradient: 8 s" in log.getvalue()
+    assert "estimate for the run: 3 min" in log.getvalue()
+    n_lines = len(log.getvalue().splitlines())
+    now["t"] = 18.0
+    rep.engine_call(4.0)
+    rep.fragments_done(5, 10)
+    assert len(log.getvalue().splitlines()) == n_lines       # nothing before 60 s
+    now["t"] = 80.0
+    rep.fragments_done(5, 10)           # one gradient running for 62 s
+    assert "5 of 10 fragments done" in log.getvalue().splitlines()[-1]
+    now["t"] = 150.0
+    rep.engine_call(70.0)
+    assert "trial 1: 3 QM gradients" in log.getvalue().splitlines()[-1]
+    rep.end_step()
+    assert rep.calls_per_iteration() == pytest.approx(3 / 10.0)

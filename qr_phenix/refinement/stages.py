@@ -43,15 +43,17 @@ library_stage = Auto
 qm_macro_cycles = 3
   .type = int
   .help = "Macro-cycles with QM restraints after the library stage"
-qm_weight_trials = 0.25 0.5 1
+qm_weight_trials = 0.03125 0.0625 0.125
   .type = floats
   .help = "Weight scales tried at the start of the QM stage (smaller ones \
-           follow while none meets the limits, at most qm_extra_trials)"
+           follow while none meets the limits, at most qm_extra_trials). \
+           Lower than weight_trials: the scale multiplies |g_QM|/|g_data| \
+           at the library stage's model, where the data gradient is small"
 qm_trial_iterations = 10
   .type = int
   .help = "L-BFGS iterations of each QM-stage weight trial (the macro-cycles \
            use max_iterations)"
-qm_extra_trials = 2
+qm_extra_trials = 3
   .type = int
   .help = "QM stage: at most this many trials toward stronger restraints \
            when no trial meets the limits"
