@@ -368,11 +368,12 @@ def test_cost_reporter_estimate_and_progress_lines():
     rep.begin_step("trial 1", 10)
     now["t"] = 14.0
     rep.engine_call(4.0)
-    # 9 more in this step + 20 in the next at the mean of the first two
-    # gradients (6 s), + 2 steps x 2 s overhead
-    assert rep.estimates[-1][1] == pytest.approx(14.0 + 29 * 6.0 + 2 * 2.0)
+    # 1.1 gradients per iteration before any step is measured: 11 - 1 more in
+    # this step + 22 in the next, at the mean of the first two gradients
+    # (6 s), + 2 steps x 2 s overhead
+    assert rep.estimates[-1][1] == pytest.approx(14.0 + 32 * 6.0 + 2 * 2.0)
     assert "First QM gradient: 8 s" in log.getvalue()
-    assert "estimate for the run: 3 min" in log.getvalue()
+    assert "estimate for the run: 4 min" in log.getvalue()
     n_lines = len(log.getvalue().splitlines())
     now["t"] = 18.0
     rep.engine_call(4.0)
@@ -386,3 +387,6 @@ def test_cost_reporter_estimate_and_progress_lines():
     assert "trial 1: 3 QM gradients" in log.getvalue().splitlines()[-1]
     rep.end_step()
     assert rep.calls_per_iteration() == pytest.approx(3 / 10.0)
+    rep.plan([("cycle 1 weight trial 4", 10), ("cycle 2 of 2", 20)])
+    rep.drop_steps("cycle 1 weight trial ")      # the search ended early
+    assert rep.plan_steps == [("cycle 2 of 2", 20)]

@@ -189,8 +189,12 @@ class MacroCycleRefinement:
             if searching:
                 first_search = result.scale is None and cycle == first
                 scales = self.trial_scales(cycle, None if first_search else 1.0)
+                # the search toward stronger restraints is expected to take half
+                # its allowance (the QM stage of 1va7 took all 3)
+                n_trials = len(scales) + (
+                    (self.max_extra_trials + 1) // 2 if first_search else 0)
                 steps += [(self._trial_label(cycle, k), self.trial_iterations)
-                          for k in range(len(scales))]
+                          for k in range(n_trials)]
             else:
                 steps.append(("cycle %d of %d" % (cycle, n_cycles), self.params.max_iterations))
         return steps
@@ -236,6 +240,8 @@ class MacroCycleRefinement:
                 # coordinate over-fitting (B, model errors), so stop here
                 break
         self._trial_verdicts(trials)
+        if self.reporter is not None:     # planned extra trials that were not needed
+            self.reporter.drop_steps("cycle %d weight trial " % cycle)
         self._trial_states = states
         self.set_state(states[trials.index(best)])
         s = self.measure(cycle)

@@ -26,10 +26,10 @@ minimisation, when there was one).
 import sys
 import time
 
-#: QM gradients per L-BFGS iteration before any step is measured.  mmtbx's
-#: minimisers evaluate once per iteration, plus the start point and line-search
-#: retries, and minimisations that stop early bring the mean below one.
-CALLS_PER_ITERATION = 1.0
+#: QM gradients per L-BFGS iteration before any step is measured: mmtbx's
+#: minimisers evaluate once per iteration, plus line-search retries (1va7,
+#: GFN2: 72 gradients for 6 trials of 10 iterations, 27 for a 25-iteration cycle)
+CALLS_PER_ITERATION = 1.1
 RECENT = 5   # gradients averaged for the time per gradient
 
 
@@ -81,6 +81,10 @@ class CostReporter:
         labels = [l for l, _ in self.plan_steps]
         if label in labels:       # unplanned steps (extra weight trials) take none
             del self.plan_steps[labels.index(label)]
+
+    def drop_steps(self, prefix):
+        """Planned steps that will not run (a weight search that ended early)."""
+        self.plan_steps = [(l, n) for l, n in self.plan_steps if not l.startswith(prefix)]
 
     def end_step(self):
         if self.step_t0 is None:
