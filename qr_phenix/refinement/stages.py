@@ -143,11 +143,36 @@ class StagedRefinement:
         return state
 
     def run(self, fixed_scale=None):
+        print("\n=== Library stage: library restraints until converged, then QM ===",
+              file=self.log)
+        library_seconds = self._library_stage(fixed_scale)
+        # the library stage's time per minimisation: the QM stage's time outside
+        # the engine per step (data target, B, validation) until one is measured
+        minimisations = len(self.library_result.trials) + sum(
+            1 for c in self.library_result.cycles if "trials" not in c.note)
+        print("\n=== QM stage: %d macro-cycles from the library stage's model ==="
+              % self.params.qm_macro_cycles, file=self.log)
+        self.quantum = self.make(True, qm_stage_params(self.params), self.qm_checkpoint,
+                                 self._load(self.qm_checkpoint), self.fmodel)
+        self.quantum.checkpoint_meta = lambda: {"fingerprint": self.fingerprint}
+        self.quantum.trial_iterations = self.params.qm_trial_iterations
+        self.quantum.max_extra_trials = self.params.qm_extra_trials
+        if self.reporter_factory is not None:
+            self.quantum.reporter = self.reporter_factory(
+                library_seconds / max(1, minimisations))
+        self.qm_result = self.quantum.run(fixed_scale=fixed_scale)
+        return self.combined()
+
+    def _library_stage(self, fixed_scale):
+        """Run (or resume, or take from its finished checkpoint) the library
+        stage; returns its wall time."""
         import time
         t0 = time.perf_counter()
         saved = self._load(self.library_checkpoint)
-        print("\n=== Library stage: library restraints until converged, then QM ===",
-              file=self.log)
+        if saved is not None and saved.get("fingerprint") != self.fingerprint:
+            from libtbx.utils import Sorry
+            raise Sorry("The checkpoint %s belongs to a different model or settings;"
+                        " run without output.resume." % self.library_checkpoint.path)
         if saved is not None and saved.get("finished"):
             self.library = self.make(False, self.params, None, None, None)
             self.library_result = result_from_dict(saved["result"], self.library.limits)
@@ -156,37 +181,20 @@ class StagedRefinement:
             print("Library stage finished before the interruption: continuing with the"
                   " model it handed back (cycle %d)" % self.library_result.selected,
                   file=self.log)
-            library_seconds = saved.get("seconds", 0.0)
-        else:
-            self.library = self.make(False, self.params, self.library_checkpoint, saved, None)
-            self.library.checkpoint_meta = lambda: {"fingerprint": self.fingerprint}
-            self.library_result = self.library.run(fixed_scale=fixed_scale)
-            chosen = self.library_result.selected
-            self._library_states = {0: self.library.state_of(0),
-                                    chosen: self.library.state_of(chosen)}
-            library_seconds = time.perf_counter() - t0
-            self.library_checkpoint.save(
-                {"fingerprint": self.fingerprint, "finished": True,
-                 "result": result_as_dict(self.library_result), "seconds": library_seconds,
-                 "states": {str(k): v for k, v in self._library_states.items()}},
-                self.library.model.get_sites_cart())
-        n_library = len(self.library_result.cycles)
-        minimisations = max(1, n_library * (3 if self.library.searches_every_cycle() else 1)
-                            + len(self.params.weight_trials))
-        print("\n=== QM stage: %d macro-cycles from the library stage's model ==="
-              % self.params.qm_macro_cycles, file=self.log)
-        qm_params = qm_stage_params(self.params)
-        qm_saved = self._load(self.qm_checkpoint)
-        self.quantum = self.make(True, qm_params, self.qm_checkpoint, qm_saved,
-                                 self.library.fmodel if hasattr(self.library, "fmodel")
-                                 else None)
-        self.quantum.checkpoint_meta = lambda: {"fingerprint": self.fingerprint}
-        self.quantum.trial_iterations = self.params.qm_trial_iterations
-        self.quantum.max_extra_trials = self.params.qm_extra_trials
-        if self.reporter_factory is not None:
-            self.quantum.reporter = self.reporter_factory(library_seconds / minimisations)
-        self.qm_result = self.quantum.run(fixed_scale=fixed_scale)
-        return self.combined()
+            return saved.get("seconds", 0.0)
+        self.library = self.make(False, self.params, self.library_checkpoint, saved, None)
+        self.library.checkpoint_meta = lambda: {"fingerprint": self.fingerprint}
+        self.library_result = self.library.run(fixed_scale=fixed_scale)
+        chosen = self.library_result.selected
+        self._library_states = {0: self.library.state_of(0),
+                                chosen: self.library.state_of(chosen)}
+        seconds = time.perf_counter() - t0
+        self.library_checkpoint.save(
+            {"fingerprint": self.fingerprint, "finished": True,
+             "result": result_as_dict(self.library_result), "seconds": seconds,
+             "states": {str(k): v for k, v in self._library_states.items()}},
+            self.library.model.get_sites_cart())
+        return seconds
 
     def combined(self):
         """One result: the input as start, library then QM cycles, the choice."""
