@@ -112,7 +112,9 @@ engine = %(engines)s
 selection = None
   .type = atom_selection
   .help = "QM region; None = whole model. Atoms outside it keep library \
-           restraints; cut bonds are capped with hydrogen."
+           restraints; cut bonds are capped with hydrogen. Cuts only at \
+           single bonds between sp3 carbons (e.g. CA-CB): other cuts move \
+           outwards (the log lists the atoms added), a backbone cut is refused."
   .short_caption = QM selection
 charge = None
   .type = int
