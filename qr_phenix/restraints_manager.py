@@ -480,7 +480,8 @@ class QMRestraintsManager:
             g = flex.vec3_double(sites_cart.size(), (0, 0, 0)) if compute_gradients else None
             if flags is None:
                 flags = geometry_restraints.flags.flags(default=True)
-            nonbonded_function = custom_nonbonded_function or self.standard.nonbonded_function
+            nonbonded_function = (self.standard.nonbonded_function if custom_nonbonded_function
+                                  is None else custom_nonbonded_function)
             result.residual_sum -= self.replaced.energy(
                 self.standard, sites_cart, flags, nonbonded_function, g,
                 inner_library=self.inner_library, region_atoms=self.region_atoms)
