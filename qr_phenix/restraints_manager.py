@@ -263,7 +263,7 @@ class ReplacedProxies:
         self.partner = {c.outer: c.inner for c in caps}   # link atom -> its region atom
         self.inside = inside
         simple = standard.pair_proxies(sites_cart=sites_cart).bond_proxies.simple
-        self.bond = self._pick(simple, geometry_restraints.shared_bond_simple_proxy, ())
+        self.bond = self._pick(simple, geometry_restraints.shared_bond_simple_proxy, None)
         self.angle = self._pick(standard.angle_proxies,
                                 geometry_restraints.shared_angle_proxy, (1,))
         self.dihedral = self._pick(standard.dihedral_proxies,
@@ -271,7 +271,7 @@ class ReplacedProxies:
         self.chirality = self._pick(standard.chirality_proxies,
                                     geometry_restraints.shared_chirality_proxy, (0,))
         self.planarity = self._pick(standard.planarity_proxies,
-                                    geometry_restraints.shared_planarity_proxy, None)
+                                    geometry_restraints.shared_planarity_proxy, ())
         self.parallelity = geometry_restraints.shared_parallelity_proxy()
         for p in standard.parallelity_proxies or ():
             if getattr(p, "sym_ops", None) is None and \
@@ -279,17 +279,16 @@ class ReplacedProxies:
                 self.parallelity.append(p)
 
     def covered(self, i_seqs, middle):
-        """middle: positions that must be region atoms (None: none; () bonds:
-        all, as a bond to a link atom is the cut bond)."""
+        """Whether QM counts a term on `i_seqs`: each atom a region atom, or a
+        link atom that is at none of the `middle` positions (angle vertex,
+        dihedral axis, chiral centre) and whose region atom is in the term.
+        middle=None: region atoms only (bonds: a bond to a link atom is the
+        cut bond)."""
         i_seqs = [int(i) for i in i_seqs]
-        if middle == ():
-            return bool(self.inside[i_seqs].all())
         for k, i in enumerate(i_seqs):
             if self.inside[i]:
                 continue
-            # a link atom: not in the middle, and its region atom in the term
-            if i not in self.partner or (middle and k in middle) \
-                    or self.partner[i] not in i_seqs:
+            if middle is None or k in middle or self.partner.get(i) not in i_seqs:
                 return False
         return True
 
@@ -321,7 +320,8 @@ class ReplacedProxies:
         if flags.nonbonded and standard.nonbonded_types is not None:
             if inner_library is None:
                 # whole model: every pair without a symmetry operator
-                pairs = standard.pair_proxies(sites_cart=sites_cart).nonbonded_proxies.simple
+                pairs = standard.pair_proxies(
+                    flags=flags, sites_cart=sites_cart).nonbonded_proxies.simple
                 e += geometry_restraints.nonbonded_residual_sum(
                     sites_cart=sites_cart, proxies=pairs, gradient_array=g,
                     function=nonbonded_function)
@@ -330,7 +330,7 @@ class ReplacedProxies:
                 isel = flex.size_t([int(i) for i in region_atoms])
                 region_sites = sites_cart.select(isel)
                 pairs = inner_library.pair_proxies(
-                    sites_cart=region_sites).nonbonded_proxies.simple
+                    flags=flags, sites_cart=region_sites).nonbonded_proxies.simple
                 g_region = None if g is None else flex.vec3_double(isel.size(), (0, 0, 0))
                 e += geometry_restraints.nonbonded_residual_sum(
                     sites_cart=region_sites, proxies=pairs, gradient_array=g_region,
