@@ -374,3 +374,30 @@ def test_whole_model_restrains_contacts_with_symmetry_mates(peptide, tmp_path):
     fd = central_difference(grm, sites, [int(i)])
     assert np.linalg.norm(fd - g[i] - np.array(results["box"].gradients)[i]) \
         / np.linalg.norm(fd) < 1e-3
+
+
+def test_replaced_terms_follow_the_documented_rule(peptide):
+    """Lys 32 side chain, cap on CB toward CA: which library terms QM counts."""
+    model = process_model(peptide, grm_normalization=False)
+    std = model.get_restraints_manager().geometry
+    rm.setup_restraints(model, qm_params(selection=LYS_SIDE_CHAIN))
+    grm = model.get_restraints_manager().geometry
+    replaced = rm.ReplacedProxies(std, model.get_sites_cart(), grm.region_atoms, grm.caps)
+    at = {k: _index(model, 32, k) for k in ("N", "CA", "C", "CB", "CG", "CD", "HB2")}
+
+    def has(proxies, *names):
+        want = {at[k] for k in names}
+        return any(set(p.i_seqs) == want for p in proxies)
+
+    for proxies, names in ((std.angle_proxies, ("N", "CA", "CB")),
+                           (std.dihedral_proxies, ("N", "CA", "CB", "CG")),
+                           (std.chirality_proxies, ("CA", "N", "C", "CB"))):
+        assert has(proxies, *names)                            # in the library
+    assert not has(replaced.bond, "CA", "CB")                 # the cut bond
+    assert has(replaced.bond, "CB", "CG")
+    assert has(replaced.angle, "CA", "CB", "CG")              # X-A-B: the cap's angle
+    assert has(replaced.angle, "CA", "CB", "HB2")
+    assert not has(replaced.angle, "N", "CA", "CB")           # vertex on the link atom
+    assert has(replaced.dihedral, "CA", "CB", "CG", "CD")
+    assert not has(replaced.dihedral, "N", "CA", "CB", "CG")  # axis through the link atom
+    assert not has(replaced.chirality, "CA", "N", "C", "CB")  # chiral centre = link atom
