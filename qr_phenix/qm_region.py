@@ -41,7 +41,7 @@ from scipy.spatial import cKDTree
 #: A-H distances (A) for caps, by element of the kept atom A
 CAP_DISTANCE = {"C": 1.09, "N": 1.01, "O": 0.96, "S": 1.34, "P": 1.42, "SE": 1.47}
 BOND_TOLERANCE = 0.45  # A over the sum of covalent radii for distance-based bonds
-MAX_CUT_SHIFT = 3      # bonds a selection boundary may move outwards
+MAX_CUT_SHIFT = 5      # bonds a selection boundary may move outwards (Tyr OH to CB)
 
 
 def covalent_bonds(elements, sites, extra_pairs=()):
