@@ -257,13 +257,14 @@ def _index(model, resseq, name):
     raise KeyError((resseq, name))
 
 
-def test_selection_across_a_peptide_bond_is_refused(peptide):
-    model = process_model(peptide, grm_normalization=False)
+def test_selection_across_a_peptide_bond_is_refused(helix):
+    """Poly-Gly: no bond between sp3 carbons anywhere, chain ends 5+ bonds away."""
+    model = process_model(helix, grm_normalization=False)
     with pytest.raises(Sorry) as e:
-        rm.setup_restraints(model, qm_params(selection="resseq 31:33"))
+        rm.setup_restraints(model, qm_params(selection="resseq 92:94"))
     message = str(e.value)
     assert "\n" not in message
-    assert "A VAL 31 N - A ALA 30 C" in message and "sp3 carbons" in message
+    assert "A GLY 92 N - A GLY 91 C" in message and "sp3 carbons" in message
 
 
 def test_selection_cut_moves_to_a_bond_between_sp3_carbons(peptide):
