@@ -14,6 +14,20 @@ consistent for the minimiser's line search):
 
 An unselected atom bonded to two or more selected atoms would get two caps in
 nearly the same place; such atoms are added to the region instead.
+
+QM selections (`qm_restraints.selection`) are cut only at single bonds
+between two sp3 carbons (`move_cuts_to_sp3_carbons`): a C-H cap on an sp3
+carbon stands in for the carbon it replaces with the same hybridisation, so
+no cap sits on a polar, conjugated or partial double bond (a peptide C-N
+cap turns the amide into an amine).  An sp3 carbon is a carbon with four
+bonded neighbours (QM models carry their hydrogens).  Every other cut bond
+is moved outwards: the outside atom joins the region, up to
+MAX_CUT_SHIFT bonds beyond the selection; beyond that the selection is
+refused.  A protein backbone has no such bond (N-CA, CA-C and C-N all
+involve an sp2 carbon or a nitrogen), so a backbone segment is refused
+unless its chain ends are within reach; side chains cut at CA-CB work.
+Fragments (qr_phenix.fragmentation) build their own regions and do not use
+this rule.
 """
 
 from dataclasses import dataclass, field
@@ -27,6 +41,7 @@ from scipy.spatial import cKDTree
 #: A-H distances (A) for caps, by element of the kept atom A
 CAP_DISTANCE = {"C": 1.09, "N": 1.01, "O": 0.96, "S": 1.34, "P": 1.42, "SE": 1.47}
 BOND_TOLERANCE = 0.45  # A over the sum of covalent radii for distance-based bonds
+MAX_CUT_SHIFT = 5      # bonds a selection boundary may move outwards (Tyr OH to CB)
 
 
 def covalent_bonds(elements, sites, extra_pairs=()):
@@ -107,28 +122,73 @@ class QMRegion:
         return out
 
 
+def _neighbours(bonds):
+    neighbours = {}
+    for i, j in bonds:
+        neighbours.setdefault(i, []).append(j)
+        neighbours.setdefault(j, []).append(i)
+    return neighbours
+
+
+def _close(sel, neighbours, is_h):
+    """Grow `sel` in place: hydrogens go with their heavy atom (never cap or
+    cut at an H), and an outside atom bonded to 2+ region atoms joins (rings,
+    branches).  Returns the atoms added."""
+    added = []
+    while True:
+        grow = [k for k in np.flatnonzero(~sel)
+                if any(sel[n] and (is_h[k] or is_h[n]) for n in neighbours.get(k, ()))
+                or sum(sel[n] for n in neighbours.get(k, ())) >= 2]
+        if not grow:
+            return added
+        sel[grow] = True
+        added.extend(int(k) for k in grow)
+
+
+def move_cuts_to_sp3_carbons(selection, elements, bonds, labels=None,
+                             max_shift=MAX_CUT_SHIFT):
+    """The selection grown until every bond it cuts joins two sp3 carbons
+    (see module doc).  Returns (bool selection, sorted indices of the atoms
+    the rule added; hydrogens that merely follow their selected heavy atom
+    are not listed).  labels: atom names for the message (model indices
+    otherwise)."""
+    sel = np.array(selection, dtype=bool)
+    elements = [e.capitalize() for e in elements]
+    neighbours = _neighbours(bonds)
+    is_h = np.array([e in ("H", "D") for e in elements])
+    start = sel.copy()
+    _close(start, neighbours, is_h)
+    sp3_carbon = np.array([e == "C" and len(neighbours.get(i, ())) == 4
+                           for i, e in enumerate(elements)])
+    name = (lambda i: labels[i]) if labels is not None else (lambda i: "atom %d" % (i + 1))
+    first_bad = None
+    for step in range(max_shift + 1):
+        _close(sel, neighbours, is_h)
+        bad = [(int(i), int(j)) for i in np.flatnonzero(sel) for j in neighbours.get(i, ())
+               if not sel[j] and not (sp3_carbon[i] and sp3_carbon[j])]
+        if not bad:
+            return sel, [int(k) for k in np.flatnonzero(sel & ~start)]
+        first_bad = first_bad or bad[0]
+        if step == max_shift:
+            break
+        sel[[j for _, j in bad]] = True
+    i, j = first_bad
+    raise Sorry("qm_restraints.selection cuts the bond %s - %s, and no single bond between"
+                " sp3 carbons lies within %d bonds to move the cut to (a protein backbone has"
+                " none); select whole side chains or ligands (e.g. 'resseq 32 and sidechain"
+                " and not element H', cut at CA-CB) or refine the whole model."
+                % (name(i), name(j), max_shift))
+
+
 def build_region(selection, elements, bonds, log=None) -> QMRegion:
     """Region from a boolean selection over model atoms and the bond list."""
     sel = np.array(selection, dtype=bool)
     if not sel.any():
         raise Sorry("The QM selection selects no atoms: check qm_restraints.selection.")
     elements = [e.capitalize() for e in elements]
-    neighbours = {}
-    for i, j in bonds:
-        neighbours.setdefault(i, []).append(j)
-        neighbours.setdefault(j, []).append(i)
+    neighbours = _neighbours(bonds)
     is_h = np.array([e.upper() in ("H", "D") for e in elements])
-    added = []
-    while True:
-        # hydrogens go with their heavy atom (never cap or cut at an H), and an
-        # outside atom bonded to 2+ region atoms joins (rings, branches)
-        grow = [k for k in np.flatnonzero(~sel)
-                if any(sel[n] and (is_h[k] or is_h[n]) for n in neighbours.get(k, ()))
-                or sum(sel[n] for n in neighbours.get(k, ())) >= 2]
-        if not grow:
-            break
-        sel[grow] = True
-        added.extend(int(k) for k in grow)
+    added = _close(sel, neighbours, is_h)
     caps = []
     for i in np.flatnonzero(sel):
         for j in neighbours.get(i, ()):

@@ -4,15 +4,42 @@
 (`model.get_restraints_manager().geometry`).  Its `energies_sites` has the
 exact cctbx signature and returns a real `cctbx.geometry_restraints.energies`
 object, so mmtbx minimisers, weight calculation, monitors and statistics work
-unchanged.  What changes is the target and its gradient:
+unchanged.  What changes is the target and its gradient.
 
-* whole model (`selection=None`):  T = scale * (E_QM(model) - E_0)
-* QM selection:  T = E_lib(model) - E_lib(region) + scale * (E_QM(region+caps) - E_0)
+Energy expression (the target T, kcal/mol):
 
-E_lib(region) is the library energy of the region's atoms alone (the library
-manager `select()`-ed to the region), so every bond, angle, torsion, plane,
-chirality and nonbonded term with all its atoms inside the region is counted
-once, by QM, and every term that reaches outside stays with the library.
+    T = E_lib(model) - E_lib(replaced) + scale * (E_QM(region + caps) - E_0)
+
+E_lib(model) is the library manager's full energy.  E_lib(replaced) is the
+sum of the library terms that the QM calculation already counts.  Whole
+model: region R = all atoms, no caps.  Selection: R = the selected atoms
+(qm_region.py; cuts only at sp3 C-sp3 C bonds), L = the link atoms (the
+outside atom B of each cut bond A-B; QM sees a cap H on the A->B line at a
+fixed A-H distance instead of B).  A library term is replaced when QM sees
+all its atoms with the geometry the term measures:
+
+* bond i-j: i and j in R.  The cut bond A-B stays with the library (the cap
+  sits at a fixed distance from A, so QM has no A-B stretch).
+* angle, dihedral, chirality, plane: every atom in R or L, the angle vertex,
+  both dihedral axis atoms and the chiral centre in R, and the region atom A
+  of each link atom in the same term.  These terms measure directions, and
+  the cap keeps the direction A->B: an angle X-A-B is QM's X-A-H(cap).
+  A term with a link atom in its middle (angle A-B-Y, dihedral X-A-B-Y,
+  chirality at B) stays with the library.
+* nonbonded i...j and parallelity: all atoms in R.  A contact with a link
+  atom stays with the library (B is not where QM's cap is).
+* terms with a symmetry operator (a bond, angle or contact to a symmetry
+  mate) stay: the engine is not periodic and sees no mates.  So clashes with
+  symmetry mates stay restrained in whole-model QM.
+* everything else in the library manager (reference-coordinate, NCS, DEN,
+  Ramachandran restraints, external energies) stays.
+
+Every library term is so counted once: by the library, or by QM through
+region atoms and caps.  E_QM also holds interactions of the caps that have no
+library term (a cap H with region atoms); they are part of the QM model.
+Whole model from fragments (qr_phenix.fragmentation): buffers hold symmetry
+images, so QM sees the mates and T = scale * (E_QM - E_0) alone.
+
 E_0 is the QM energy of the first evaluation: a constant that keeps target
 values small (it cancels in gradients, in weights and in line searches).
 
@@ -34,12 +61,13 @@ import iotbx.phil
 from scipy.spatial import cKDTree
 from libtbx.utils import Sorry
 from scitbx.array_family import flex
+from cctbx import geometry_restraints
 
 from qr_phenix import chemistry
 from qr_phenix.engines import make_calculator, phil_choice
 from qr_phenix.engines.base import EngineSettings, energy_and_gradient
 from qr_phenix.monomer_library import library_bonds
-from qr_phenix.qm_region import build_region, covalent_bonds
+from qr_phenix.qm_region import build_region, covalent_bonds, move_cuts_to_sp3_carbons
 
 # A line search can try a point where two atoms nearly coincide.  Engines
 # then fail (MOPAC: "GEOMETRY IN ERROR") or, worse, return a spurious low
@@ -84,7 +112,9 @@ engine = %(engines)s
 selection = None
   .type = atom_selection
   .help = "QM region; None = whole model. Atoms outside it keep library \
-           restraints; cut bonds are capped with hydrogen."
+           restraints; cut bonds are capped with hydrogen. Cuts only at \
+           single bonds between sp3 carbons (e.g. CA-CB): other cuts move \
+           outwards (the log lists the atoms added), a backbone cut is refused."
   .short_caption = QM selection
 charge = None
   .type = int
@@ -218,16 +248,115 @@ class SingleCalculation:
         return eg.energy, self.region.gradient_to_model(eg.gradient, sites, len(sites))
 
 
+class ReplacedProxies:
+    """The library proxies that QM counts (module doc), on model indices.
+
+    Bonds, angles, dihedrals, chiralities, planes and parallelities depend
+    on topology only and are chosen once; nonbonded pairs follow the sites
+    and are taken from the library's pair proxies at each evaluation.
+    """
+
+    def __init__(self, standard, sites_cart, region_atoms=None, caps=()):
+        n = sites_cart.size()
+        inside = np.zeros(n, dtype=bool)
+        inside[slice(None) if region_atoms is None else region_atoms] = True
+        self.partner = {c.outer: c.inner for c in caps}   # link atom -> its region atom
+        self.inside = inside
+        simple = standard.pair_proxies(sites_cart=sites_cart).bond_proxies.simple
+        self.bond = self._pick(simple, geometry_restraints.shared_bond_simple_proxy, None)
+        self.angle = self._pick(standard.angle_proxies,
+                                geometry_restraints.shared_angle_proxy, (1,))
+        self.dihedral = self._pick(standard.dihedral_proxies,
+                                   geometry_restraints.shared_dihedral_proxy, (1, 2))
+        self.chirality = self._pick(standard.chirality_proxies,
+                                    geometry_restraints.shared_chirality_proxy, (0,))
+        self.planarity = self._pick(standard.planarity_proxies,
+                                    geometry_restraints.shared_planarity_proxy, ())
+        self.parallelity = geometry_restraints.shared_parallelity_proxy()
+        for p in standard.parallelity_proxies or ():
+            if getattr(p, "sym_ops", None) is None and \
+                    inside[list(p.i_seqs) + list(p.j_seqs)].all():
+                self.parallelity.append(p)
+
+    def covered(self, i_seqs, middle):
+        """Whether QM counts a term on `i_seqs`: each atom a region atom, or a
+        link atom that is at none of the `middle` positions (angle vertex,
+        dihedral axis, chiral centre) and whose region atom is in the term.
+        middle=None: region atoms only (bonds: a bond to a link atom is the
+        cut bond)."""
+        i_seqs = [int(i) for i in i_seqs]
+        for k, i in enumerate(i_seqs):
+            if self.inside[i]:
+                continue
+            if middle is None or k in middle or self.partner.get(i) not in i_seqs:
+                return False
+        return True
+
+    def _pick(self, proxies, shared, middle):
+        out = shared()
+        for p in proxies or ():
+            if getattr(p, "sym_ops", None) is None and self.covered(p.i_seqs, middle):
+                out.append(p)
+        return out
+
+    def energy(self, standard, sites_cart, flags, nonbonded_function, gradients,
+               inner_library=None, region_atoms=None):
+        """Sum of the replaced terms; their gradient added into `gradients`
+        (a vec3_double over the model, or None)."""
+        g = gradients
+        e = 0.0
+        if flags.bond:
+            e += geometry_restraints.bond_residual_sum(
+                sites_cart=sites_cart, proxies=self.bond, gradient_array=g)
+        for flag, proxies, function in (
+                (flags.angle, self.angle, geometry_restraints.angle_residual_sum),
+                (flags.dihedral, self.dihedral, geometry_restraints.dihedral_residual_sum),
+                (flags.chirality, self.chirality, geometry_restraints.chirality_residual_sum),
+                (flags.planarity, self.planarity, geometry_restraints.planarity_residual_sum),
+                (flags.parallelity, self.parallelity,
+                 geometry_restraints.parallelity_residual_sum)):
+            if flag and proxies.size():
+                e += function(sites_cart=sites_cart, proxies=proxies, gradient_array=g)
+        if flags.nonbonded and standard.nonbonded_types is not None:
+            if inner_library is None:
+                # whole model: every pair without a symmetry operator
+                pairs = standard.pair_proxies(
+                    flags=flags, sites_cart=sites_cart).nonbonded_proxies.simple
+                e += geometry_restraints.nonbonded_residual_sum(
+                    sites_cart=sites_cart, proxies=pairs, gradient_array=g,
+                    function=nonbonded_function)
+            else:
+                # pairs inside the region: the library selected to the region
+                isel = flex.size_t([int(i) for i in region_atoms])
+                region_sites = sites_cart.select(isel)
+                pairs = inner_library.pair_proxies(
+                    flags=flags, sites_cart=region_sites).nonbonded_proxies.simple
+                g_region = None if g is None else flex.vec3_double(isel.size(), (0, 0, 0))
+                e += geometry_restraints.nonbonded_residual_sum(
+                    sites_cart=region_sites, proxies=pairs, gradient_array=g_region,
+                    function=nonbonded_function)
+                if g is not None:
+                    g_model = np.zeros((g.size(), 3))
+                    g_model[np.asarray(region_atoms)] = np.array(g_region)
+                    g += flex.vec3_double(g_model)
+        return e
+
+
 class QMRestraintsManager:
     """Drop-in for cctbx.geometry_restraints.manager.manager (see module doc).
 
     evaluator: object with energy_and_gradient(sites (n,3)) -> (kcal/mol, (n,3)).
     region_atoms: model indices whose internal library terms QM replaces, or
     None for the whole model.
+    caps: the region's caps (qm_region.Cap): library terms through a cap's
+    link atom that QM counts are replaced too (module doc).
+    qm_sees_symmetry: the evaluator includes symmetry mates (fragments with
+    images in their buffers); the whole library is then dropped.
     """
 
     def __init__(self, standard, evaluator, region_atoms=None, n_atoms=None, scale=1.0,
-                 engine_name="qm", charge_assignment=None):
+                 engine_name="qm", charge_assignment=None, caps=(),
+                 qm_sees_symmetry=False):
         self.standard = standard
         self.evaluator = evaluator
         self.region_atoms = None if region_atoms is None else np.asarray(region_atoms)
@@ -235,10 +364,13 @@ class QMRestraintsManager:
         self.scale = scale
         self.engine_name = engine_name
         self.charge_assignment = charge_assignment
+        self.caps = list(caps)
+        self.qm_sees_symmetry = qm_sees_symmetry
         self.inner_library = None
         if self.region_atoms is not None:
             self._region_iselection = flex.size_t([int(i) for i in self.region_atoms])
             self.inner_library = standard.select(iselection=self._region_iselection)
+        self.replaced = None
         self.energy_reference = None
         self.n_engine_calls = 0
         self.engine_seconds = 0.0
@@ -322,19 +454,19 @@ class QMRestraintsManager:
                        compute_gradients=False, gradients=None, disable_asu_cache=False,
                        normalization=False, external_energy_function=None,
                        extension_objects=[], site_labels=None):
-        whole = self.region_atoms is None
         # the library pass gives a real energies object (statistics, counts);
-        # in whole-model mode its energy is reported but not used
+        # with fragments (QM sees the mates) its energy is reported, not used
+        library_unused = self.region_atoms is None and self.qm_sees_symmetry
         result = self.standard.energies_sites(
             sites_cart=sites_cart, flags=flags,
             custom_nonbonded_function=custom_nonbonded_function,
-            compute_gradients=compute_gradients and not whole,
-            gradients=None if whole else gradients,
+            compute_gradients=compute_gradients and not library_unused,
+            gradients=None if library_unused else gradients,
             disable_asu_cache=disable_asu_cache, normalization=False,
             external_energy_function=external_energy_function,
             extension_objects=extension_objects, site_labels=site_labels)
         result.library_residual_sum = result.residual_sum
-        if whole:
+        if library_unused:
             result.residual_sum = 0.0
             if compute_gradients:
                 result.compute_gradients = True
@@ -342,15 +474,20 @@ class QMRestraintsManager:
                     gradients = flex.vec3_double(sites_cart.size(), (0, 0, 0))
                 result.gradients = gradients
         else:
-            inner = self.inner_library.energies_sites(
-                sites_cart=sites_cart.select(self._region_iselection),
-                flags=flags, custom_nonbonded_function=custom_nonbonded_function,
-                compute_gradients=compute_gradients, normalization=False)
-            result.residual_sum -= inner.residual_sum
+            if self.replaced is None:
+                self.replaced = ReplacedProxies(self.standard, sites_cart,
+                                                self.region_atoms, self.caps)
+            g = flex.vec3_double(sites_cart.size(), (0, 0, 0)) if compute_gradients else None
+            if flags is None:
+                flags = geometry_restraints.flags.flags(default=True)
+            nonbonded_function = (self.standard.nonbonded_function if custom_nonbonded_function
+                                  is None else custom_nonbonded_function)
+            result.residual_sum -= self.replaced.energy(
+                self.standard, sites_cart, flags, nonbonded_function, g,
+                inner_library=self.inner_library, region_atoms=self.region_atoms)
             if compute_gradients:
-                g_inner = np.zeros((sites_cart.size(), 3))
-                g_inner[self.region_atoms] = np.array(inner.gradients)
-                result.gradients += flex.vec3_double(-g_inner)
+                result.gradients += flex.vec3_double(-np.array(g))
+        result.library_target = result.residual_sum
         energy, gradient = self.qm_energy_and_gradient(sites_cart)
         if self.energy_reference is None:
             self.energy_reference = energy
@@ -385,6 +522,19 @@ def model_bonds(model, elements=None):
     return covalent_bonds(elements, sites, extra_pairs=library)
 
 
+def _atoms_by_residue(hierarchy, i_seqs):
+    """'A LYS 32: CB HB2 HB3' lines for the given atoms."""
+    atoms = hierarchy.atoms()
+    lines = {}
+    for i in i_seqs:
+        a = atoms[i]
+        ag = a.parent()
+        key = "%s %s %s" % (ag.parent().parent().id.strip(), ag.resname.strip(),
+                            ag.parent().resseq.strip())
+        lines.setdefault(key, []).append(a.name.strip())
+    return ["%s: %s" % (k, " ".join(v)) for k, v in lines.items()]
+
+
 def build_qm_manager(model, params, log=sys.stdout, fragment_params=None,
                      parallel_params=None):
     """QMRestraintsManager for a processed mmtbx model and a `qm_restraints`
@@ -407,11 +557,22 @@ def build_qm_manager(model, params, log=sys.stdout, fragment_params=None,
     region = None
     selection = None
     if params.selection is not None:
-        sel = model.selection(params.selection)
-        if sel.count(True) == 0:
+        sel = np.array(model.selection(params.selection))
+        if not sel.any():
             raise Sorry("qm_restraints.selection=%r selects no atoms." % params.selection)
-        if sel.count(True) < n:
-            region = build_region(np.array(sel), elements, model_bonds(model, elements), log=log)
+        if sel.sum() < n:
+            bonds = model_bonds(model, elements)
+            labels = ["%s %s %s %s" % (a.chain().id.strip(), a.parent().resname.strip(),
+                                       a.parent().parent().resseq.strip(), a.name.strip())
+                      for a in hierarchy.atoms()]
+            sel, added = move_cuts_to_sp3_carbons(sel, elements, bonds, labels)
+            if added and log is not None:
+                print("  QM selection grown by %d atom(s) so that every cut bond joins two"
+                      " sp3 carbons:" % len(added), file=log)
+                for line in _atoms_by_residue(hierarchy, added):
+                    print("    " + line, file=log)
+        if sel.sum() < n:
+            region = build_region(sel, elements, bonds, log=log)
             selection = np.zeros(n, dtype=bool)
             selection[region.atoms] = True
     if params.check_hydrogens:
@@ -422,7 +583,8 @@ def build_qm_manager(model, params, log=sys.stdout, fragment_params=None,
             evaluator = fragmentation.build_fragment_evaluator(
                 model, params, fragment_params, parallel_params, log=log)
             return QMRestraintsManager(standard=standard, evaluator=evaluator, n_atoms=n,
-                                       scale=params.scale, engine_name=params.engine)
+                                       scale=params.scale, engine_name=params.engine,
+                                       qm_sees_symmetry=True)
     cap_elements = ["H"] * (len(region.caps) if region is not None else 0)
     charges = chemistry.assign_charge_and_multiplicity(
         hierarchy, selection, charge=params.charge, multiplicity=params.multiplicity,
@@ -438,7 +600,8 @@ def build_qm_manager(model, params, log=sys.stdout, fragment_params=None,
     return QMRestraintsManager(
         standard=standard, evaluator=evaluator,
         region_atoms=None if region is None else region.atoms, n_atoms=n,
-        scale=params.scale, engine_name=params.engine, charge_assignment=charges)
+        scale=params.scale, engine_name=params.engine, charge_assignment=charges,
+        caps=() if region is None else region.caps)
 
 
 def install(model, manager):

@@ -12,6 +12,7 @@ TEST_DATA = TESTS / "data"
 HELIX_DIR = TEST_DATA / "helix"
 HELIX_PDB = HELIX_DIR / "a87_99_h.pdb"          # 94 atoms, all H, P1 box, B=80
 HELIX_NO_HA_PDB = HELIX_DIR / "a87_99.pdb"       # amide H only
+PEPTIDE_H_PDB = TEST_DATA / "1us0_A30_34_h.pdb"   # AVKVA, all H (qr.prepare), 40 A P1 box
 HELIX_MTZ = HELIX_DIR / "data.mtz"               # 6-4 A, 5 % noise, 10 % free
 
 SHARED = TESTS.parent.parent / "shared"

@@ -30,6 +30,13 @@ def helix(helix_pdb):
 
 
 @pytest.fixture(scope="module")
+def peptide():
+    """ALA-VAL-LYS-VAL-ALA with all H (77 atoms, charge +1), 40 A P1 box."""
+    from paths import PEPTIDE_H_PDB
+    return process_model(str(PEPTIDE_H_PDB), grm_normalization=False)
+
+
+@pytest.fixture(scope="module")
 def qm_helix(helix):
     model = process_model(helix, grm_normalization=False)
     rm.setup_restraints(model, qm_params())
@@ -136,35 +143,6 @@ def test_select_all_keeps_qm_and_subset_gives_library(qm_helix):
     assert not isinstance(grm.select(heavy), rm.QMRestraintsManager)
 
 
-def test_selection_gradient_matches_finite_difference(helix):
-    model = process_model(helix, grm_normalization=False)
-    rm.setup_restraints(model, qm_params(selection="resseq 90:93"))
-    grm = model.get_restraints_manager().geometry
-    region = grm.evaluator.region
-    assert len(region.caps) == 2
-    sites = model.get_sites_cart()
-    g = np.array(grm.energies_sites(sites_cart=sites, compute_gradients=True).gradients)
-    # a region atom, the real atom behind a cap, a library-only atom
-    atoms = [int(region.atoms[0]), region.caps[0].outer, 0]
-    fd = central_difference(grm, sites, atoms)
-    an = g[atoms].ravel()
-    assert np.linalg.norm(fd - an) / np.linalg.norm(an) < 1e-3
-
-
-def test_selection_removes_library_terms_inside_region(helix):
-    model = process_model(helix, grm_normalization=False)
-    std = model.get_restraints_manager().geometry
-    rm.setup_restraints(model, qm_params(selection="resseq 90:93"))
-    grm = model.get_restraints_manager().geometry
-    sites = model.get_sites_cart()
-    es = grm.energies_sites(sites_cart=sites)
-    inner = std.select(iselection=flex.size_t(list(map(int, grm.region_atoms))))
-    e_inner = inner.energies_sites(sites_cart=sites.select(
-        flex.size_t(list(map(int, grm.region_atoms))))).residual_sum
-    e_lib = std.energies_sites(sites_cart=sites).residual_sum
-    assert es.residual_sum == pytest.approx(e_lib - e_inner + es.qm_target)
-
-
 LIGAND = """\
 HETATM 9001  C1  ZZQ L   1      10.000  10.500  24.000  1.00 80.00           C
 HETATM 9002  O1  ZZQ L   1      11.400  10.500  24.000  1.00 80.00           O
@@ -185,7 +163,7 @@ def test_ligand_without_dictionary_in_qm_selection(helix_pdb, tmp_path):
     rm.check_unrestrained_residues(model, "resname ZZQ or resseq 95:99")
     with pytest.raises(Sorry, match="ZZQ"):
         rm.check_unrestrained_residues(model, "resseq 95:99")
-    rm.setup_restraints(model, qm_params(selection="resname ZZQ or resseq 95:99"))
+    rm.setup_restraints(model, qm_params(selection="resname ZZQ"))
     grm = model.get_restraints_manager().geometry
     es = grm.energies_sites(sites_cart=model.get_sites_cart(), compute_gradients=True)
     g = np.array(es.gradients)
@@ -232,7 +210,7 @@ def test_charges_from_protonation_states(helix_pdb, tmp_path):
     assert any("C-terminus" in r.reason for r in res.charged_residues)
 
 
-def test_other_cctbx_programs_include_the_scope(helix):
+def test_other_cctbx_programs_include_the_scope(peptide):
     """A cctbx program offers QM restraints by including one PHIL scope."""
     import iotbx.phil
     master = iotbx.phil.parse("""
@@ -240,15 +218,15 @@ include scope qr_phenix.restraints_manager.master_phil_str
 my_tool { cycles = 3 \n .type = int }
 """, process_includes=True)
     user = iotbx.phil.parse('qm_restraints.restraints=qm\nqm_restraints.engine=gfn2\n'
-                            'qm_restraints.selection="resseq 95:99"')
+                            'qm_restraints.selection="resseq 32 and sidechain and not element H"')
     params = master.fetch(source=user).extract()
     assert params.qm_restraints.restraints == "qm"
-    model = process_model(helix, grm_normalization=False)
+    model = process_model(peptide, grm_normalization=False)
     grm = rm.setup_restraints(model, params.qm_restraints)
-    assert isinstance(grm, rm.QMRestraintsManager) and len(grm.region_atoms) < 94
+    assert isinstance(grm, rm.QMRestraintsManager) and len(grm.region_atoms) < 77
     # the default leaves the library restraints in place
     default = master.extract().qm_restraints
-    model2 = process_model(helix, grm_normalization=False)
+    model2 = process_model(peptide, grm_normalization=False)
     assert not isinstance(rm.setup_restraints(model2, default), rm.QMRestraintsManager)
 
 
@@ -265,3 +243,162 @@ def test_default_solvent_is_implicit_water(helix_pdb):
     # ALPB water solvation of the neutral helix: tens of kcal/mol
     assert energies[Auto] < energies[None] - 10
     assert rm.phil_scope.extract().qm_restraints.engine_options.solvent is Auto
+
+
+# --- selection boundaries and the energy expression (module doc) ------------------
+
+LYS_SIDE_CHAIN = "resseq 32 and sidechain and not element H"   # cut at CA-CB
+
+
+def _index(model, resseq, name):
+    for a in model.get_hierarchy().atoms():
+        if a.parent().parent().resseq_as_int() == resseq and a.name.strip() == name:
+            return a.i_seq
+    raise KeyError((resseq, name))
+
+
+def test_selection_across_a_peptide_bond_is_refused(helix):
+    """Poly-Gly: no bond between sp3 carbons anywhere, chain ends 5+ bonds away."""
+    model = process_model(helix, grm_normalization=False)
+    with pytest.raises(Sorry) as e:
+        rm.setup_restraints(model, qm_params(selection="resseq 92:94"))
+    message = str(e.value)
+    assert "\n" not in message
+    assert "A GLY 92 N - A GLY 91 C" in message and "sp3 carbons" in message
+
+
+def test_selection_cut_moves_to_a_bond_between_sp3_carbons(peptide):
+    from io import StringIO
+    model = process_model(peptide, grm_normalization=False)
+    log = StringIO()
+    rm.setup_restraints(model, qm_params(selection="resseq 32 and name NZ"), log=log)
+    grm = model.get_restraints_manager().geometry
+    # the CE-NZ cut (C-N) moved to CD-CE: CE and its H joined, capped at CD
+    names = {model.get_hierarchy().atoms()[int(i)].name.strip() for i in grm.region_atoms}
+    assert names == {"NZ", "HZ1", "HZ2", "HZ3", "CE", "HE2", "HE3"}
+    assert [(c.inner, c.outer) for c in grm.caps] == [
+        (_index(model, 32, "CE"), _index(model, 32, "CD"))]
+    assert "A LYS 32: CE HE2 HE3" in log.getvalue()
+
+
+def test_library_terms_through_the_cap_are_counted_once(peptide):
+    """Lys 32 side chain in QM, cut at CA-CB (link atom CA).  The target is
+    E_lib(model) - E_lib(inside R) - E_lib(angles/dihedrals CA-CB-...) + E_QM,
+    with N-CA-CB, N-CA-CB-CG, the CA-CB bond and the chirality at CA left to
+    the library.  Value and gradient against that expression, written out
+    here from per-term cctbx residuals and a direct GFN2 call."""
+    model = process_model(peptide, grm_normalization=False)
+    std = model.get_restraints_manager().geometry
+    rm.setup_restraints(model, qm_params(selection=LYS_SIDE_CHAIN))
+    grm = model.get_restraints_manager().geometry
+    ca, cb, n_ = (_index(model, 32, k) for k in ("CA", "CB", "N"))
+    region = grm.evaluator.region
+    assert [(c.inner, c.outer) for c in region.caps] == [(cb, ca)]
+    inside = set(int(i) for i in grm.region_atoms)
+    isel = flex.size_t(sorted(inside))
+    # the library terms through CA that QM counts (CA at an end, CB next to it)
+    angles = [k for k, p in enumerate(std.angle_proxies)
+              if p.i_seqs[1] == cb and ca in p.i_seqs]
+    dihedrals = [k for k, p in enumerate(std.dihedral_proxies)
+                 if ca in (p.i_seqs[0], p.i_seqs[3]) and cb in (p.i_seqs[1], p.i_seqs[2])
+                 and set(p.i_seqs) - {ca} <= inside]
+    assert len(angles) == 3 and len(dihedrals) >= 1
+    assert any(set(p.i_seqs) == {n_, ca, cb} for p in std.angle_proxies)  # stays
+    calc = grm.evaluator.calculator
+    from qr_phenix.engines.base import energy_and_gradient
+
+    def expression(sites):
+        x = flex.vec3_double(sites)
+        e = std.energies_sites(sites_cart=x).residual_sum
+        e -= std.select(iselection=isel).energies_sites(sites_cart=x.select(isel)).residual_sum
+        e -= sum(std.angle_proxies.residuals(sites_cart=x).select(flex.size_t(angles)))
+        e -= sum(std.dihedral_proxies.residuals(sites_cart=x).select(flex.size_t(dihedrals)))
+        qm = energy_and_gradient(calc, region.symbols, region.positions(sites)).energy
+        return e + qm - grm.energy_reference
+
+    sites = np.array(model.get_sites_cart())
+    es = grm.energies_sites(sites_cart=flex.vec3_double(sites), compute_gradients=True)
+    assert es.target == pytest.approx(expression(sites), abs=1e-6)
+    g = np.array(es.gradients)
+    delta = 1e-3
+    for i in (ca, cb, n_, _index(model, 32, "NZ")):
+        for k in range(3):
+            plus, minus = sites.copy(), sites.copy()
+            plus[i, k] += delta
+            minus[i, k] -= delta
+            fd = (expression(plus) - expression(minus)) / (2 * delta)
+            assert g[i, k] == pytest.approx(fd, rel=2e-3, abs=2e-3)
+
+
+def test_whole_model_restrains_contacts_with_symmetry_mates(peptide, tmp_path):
+    """The peptide in a 9.5 A cell along x touches its own copy (1.98 A H...H):
+    the library's symmetry contacts stay in the target and push the atoms
+    apart; inside the model nothing is counted besides QM."""
+    from paths import PEPTIDE_H_PDB
+    lines = open(PEPTIDE_H_PDB).read().splitlines(True)
+    small = tmp_path / "small_cell.pdb"
+    small.write_text("".join(
+        "CRYST1    9.500   40.000   40.000  90.00  90.00  90.00 P 1\n"
+        if l.startswith("CRYST1") else l for l in lines))
+    models = {}
+    for name, path in (("box", str(PEPTIDE_H_PDB)), ("small", str(small))):
+        models[name] = process_model(path, grm_normalization=False)
+        rm.setup_restraints(models[name], qm_params())
+    results = {}
+    for name, model in models.items():
+        grm = model.get_restraints_manager().geometry
+        results[name] = grm.energies_sites(sites_cart=model.get_sites_cart(),
+                                           compute_gradients=True)
+    # box: QM alone (no library term of the model counted a second time)
+    assert results["box"].target == pytest.approx(results["box"].qm_target, abs=1e-6)
+    # small cell: QM plus the library's nonbonded contacts with the mates
+    from cctbx import geometry_restraints
+    only_nonbonded = geometry_restraints.flags.flags(nonbonded=True)
+    std = {k: m.get_restraints_manager().geometry.standard for k, m in models.items()}
+    sites = models["small"].get_sites_cart()
+    contacts = (std["small"].energies_sites(sites_cart=sites, flags=only_nonbonded).residual_sum
+                - std["box"].energies_sites(sites_cart=sites, flags=only_nonbonded).residual_sum)
+    assert contacts > 0.1
+    small_es = results["small"]
+    assert small_es.target - small_es.qm_target == pytest.approx(contacts, rel=1e-6)
+    # the restraint gradient (small minus box: the QM part is the same) pushes
+    # the closest pair, atom i and atom j of the copy one cell along x, apart
+    g = np.array(small_es.gradients) - np.array(results["box"].gradients)
+    xyz = np.array(sites)
+    mate = xyz + np.array([9.5, 0, 0])
+    d = np.linalg.norm(xyz[:, None] - mate[None], axis=2)
+    i, j = np.unravel_index(d.argmin(), d.shape)
+    assert d[i, j] == pytest.approx(1.98, abs=0.01)
+    assert np.dot(g[i], xyz[i] - mate[j]) < 0   # energy falls as i moves away
+    assert np.dot(g[j], mate[j] - xyz[i]) < 0
+    grm = models["small"].get_restraints_manager().geometry
+    fd = central_difference(grm, sites, [int(i)])
+    assert np.linalg.norm(fd - g[i] - np.array(results["box"].gradients)[i]) \
+        / np.linalg.norm(fd) < 1e-3
+
+
+def test_replaced_terms_follow_the_documented_rule(peptide):
+    """Lys 32 side chain, cap on CB toward CA: which library terms QM counts."""
+    model = process_model(peptide, grm_normalization=False)
+    std = model.get_restraints_manager().geometry
+    rm.setup_restraints(model, qm_params(selection=LYS_SIDE_CHAIN))
+    grm = model.get_restraints_manager().geometry
+    replaced = rm.ReplacedProxies(std, model.get_sites_cart(), grm.region_atoms, grm.caps)
+    at = {k: _index(model, 32, k) for k in ("N", "CA", "C", "CB", "CG", "CD", "HB2")}
+
+    def has(proxies, *names):
+        want = {at[k] for k in names}
+        return any(set(p.i_seqs) == want for p in proxies)
+
+    for proxies, names in ((std.angle_proxies, ("N", "CA", "CB")),
+                           (std.dihedral_proxies, ("N", "CA", "CB", "CG")),
+                           (std.chirality_proxies, ("CA", "N", "C", "CB"))):
+        assert has(proxies, *names)                            # in the library
+    assert not has(replaced.bond, "CA", "CB")                 # the cut bond
+    assert has(replaced.bond, "CB", "CG")
+    assert has(replaced.angle, "CA", "CB", "CG")              # X-A-B: the cap's angle
+    assert has(replaced.angle, "CA", "CB", "HB2")
+    assert not has(replaced.angle, "N", "CA", "CB")           # vertex on the link atom
+    assert has(replaced.dihedral, "CA", "CB", "CG", "CD")
+    assert not has(replaced.dihedral, "N", "CA", "CB", "CG")  # axis through the link atom
+    assert not has(replaced.chirality, "CA", "N", "C", "CB")  # chiral centre = link atom

@@ -91,7 +91,7 @@ Usage:
   python -m qr_phenix.refine model.pdb                       (geometry only)
   python -m qr_phenix.refine model.pdb data.mtz restraints=cctbx
   python -m qr_phenix.refine model.pdb data.mtz ligand.cif      (ligand dictionary)
-  python -m qr_phenix.refine model.pdb data.mtz engine=pm7 selection="resseq 90:95"
+  python -m qr_phenix.refine model.pdb data.mtz engine=pm7 selection="resname LIG"
   python -m qr_phenix.refine --show-defaults
 
 Outputs <prefix>.pdb, .cif, .log, .json; a checkpoint after every macro-cycle
