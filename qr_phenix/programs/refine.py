@@ -68,7 +68,8 @@ output
 {
   prefix = None
     .type = str
-    .help = "Output name prefix (default: <model>_refined); writes .pdb .cif .log .json"
+    .help = "Output name prefix (default: <model>_refined); writes .pdb .cif .log \
+             .json (no .pdb when the model does not fit PDB format)"
   overwrite = False
     .type = bool
   resume = False
@@ -248,6 +249,9 @@ Outputs <prefix>.pdb, .cif, .log, .json; a checkpoint after every macro-cycle
         # ions with an empty element column: calcium, not carbon, for cctbx and QM
         from qr_phenix.chemistry import fill_ion_elements
         fill_ion_elements(model_in.get_hierarchy())
+        if quantum:  # before any library stage
+            from qr_phenix.chemistry import check_single_conformer
+            check_single_conformer(model_in.get_hierarchy())
         if self.mode == "real_space":
             model_in = self._map_model(model_in)
         # residues without a dictionary are accepted when QM covers them
@@ -455,10 +459,12 @@ Outputs <prefix>.pdb, .cif, .log, .json; a checkpoint after every macro-cycle
         if out.shift_cart() is not None:
             out._shift_back(hierarchy)
         cs = out.unit_cell_crystal_symmetry() or out.crystal_symmetry()
-        pdb_text = hierarchy.as_pdb_string(crystal_symmetry=cs)
-        cif_text = hierarchy.as_mmcif_string(crystal_symmetry=cs)
-        atomic_write(prefix + ".pdb", pdb_text)
-        atomic_write(prefix + ".cif", cif_text)
+        # a model that does not fit PDB format (chain ids longer than 2
+        # characters, too many atoms) is written as mmCIF only
+        pdb_ok = hierarchy.fits_in_pdb_format()
+        if pdb_ok:
+            atomic_write(prefix + ".pdb", hierarchy.as_pdb_string(crystal_symmetry=cs))
+        atomic_write(prefix + ".cif", hierarchy.as_mmcif_string(crystal_symmetry=cs))
         calls, seconds = engine_counters(model)
         wall = time.perf_counter() - t_start
         s, f = result.start, result.final
@@ -483,7 +489,12 @@ Outputs <prefix>.pdb, .cif, .log, .json; a checkpoint after every macro-cycle
             if st.hbonds:
                 print("  %-6s %s" % (label, validation.HBondResult(**st.hbonds).summary()),
                       file=log)
-        print("Wrote %s.pdb, %s.cif, %s.json, %s.log" % ((prefix,) * 4), file=log)
+        if pdb_ok:
+            print("Wrote %s.pdb, %s.cif, %s.json, %s.log" % ((prefix,) * 4), file=log)
+        else:
+            print("Wrote %s.cif, %s.json, %s.log (mmCIF only: the model does not fit PDB"
+                  " format, chain ids longer than 2 characters or too many atoms)"
+                  % ((prefix,) * 3), file=log)
         self.results = {
             "program": "qr_phenix.refine",
             "version": qr_phenix.__version__,
@@ -507,7 +518,7 @@ Outputs <prefix>.pdb, .cif, .log, .json; a checkpoint after every macro-cycle
                                for e, t in self.reporter.estimates] if self.reporter else [],
             "data": self._data_summary(),
             "wall_seconds": wall,
-            "outputs": {"pdb": os.path.abspath(prefix + ".pdb"),
+            "outputs": {"pdb": os.path.abspath(prefix + ".pdb") if pdb_ok else None,
                         "cif": os.path.abspath(prefix + ".cif"),
                         "log": os.path.abspath(prefix + ".log")},
             "parameters": self.master_phil.format(python_object=self.params).as_str(),
