@@ -79,6 +79,11 @@ output
 """ % (weights_mod.master_phil_str, adp_mod.master_phil_str, stages.master_phil_str)
 
 
+NO_FREE_FLAGS = ("The reflection data have no usable free-R flags (no test reflections)."
+                 " Add them (phenix.reflection_file_editor or cctbx: r_free_flags"
+                 " generation) before refinement.")
+
+
 class Program(ProgramTemplate):
 
     description = """
@@ -125,6 +130,8 @@ Outputs <prefix>.pdb, .cif, .log, .json; a checkpoint after every macro-cycle
         if mode == "xray":
             inputs.check_crystal_symmetry(dm.get_model(), dm.get_default_model_name(),
                                           dm.get_miller_array_names(), self._data_symmetry())
+        if mode in ("xray", "real_space"):
+            inputs.check_occupancies(dm.get_model(), dm.get_default_model_name())
         if mode == "real_space":
             if not has_map:
                 raise Sorry("refinement.mode=real_space needs a map file (CCP4/MRC).")
@@ -258,8 +265,16 @@ Outputs <prefix>.pdb, .cif, .log, .json; a checkpoint after every macro-cycle
         # physical units throughout (no division by the number of restraints)
         # ligand dictionaries given on the command line (restraint CIFs)
         restraint_objects = [(r, dm.get_restraint(r)) for r in dm.get_restraint_names()]
-        model = process_model(model_in, stop_for_unknowns=not quantum, log=null_out(),
-                              grm_normalization=False, restraint_objects=restraint_objects)
+        try:
+            model = process_model(model_in, stop_for_unknowns=not quantum, log=null_out(),
+                                  grm_normalization=False,
+                                  restraint_objects=restraint_objects)
+        except Sorry as e:
+            if "not covered by the restraints library" not in str(e):
+                raise
+            raise Sorry("%s Give their CIF dictionary on the command line (qr.refine model"
+                        " data ligand.cif), or use QM restraints (qm_restraints.restraints="
+                        "qm), which cover residues without one." % str(e).splitlines()[0])
         for resname, text in sorted(
                 getattr(model, "qr_phenix_generated_dictionaries", {}).items()):
             path = "%s_%s.cif" % (self.prefix, resname)
@@ -400,6 +415,8 @@ Outputs <prefix>.pdb, .cif, .log, .json; a checkpoint after every macro-cycle
         try:
             probe = dm.get_fmodel(scattering_table=table)
         except Sorry as e:
+            if "R-free flags" in str(e) and "Multiple" not in str(e):
+                raise Sorry(NO_FREE_FLAGS)
             if "Multiple" not in str(e):
                 raise
             labels = [l for name in dm.get_miller_array_names()
@@ -420,9 +437,7 @@ Outputs <prefix>.pdb, .cif, .log, .json; a checkpoint after every macro-cycle
                             ", ".join(dm.get_miller_array_names()),
                             "%.2f %.2f %.2f %.1f %.1f %.1f" % f_obs.unit_cell().parameters()))
         if flags is None or flags.data().count(True) == 0:
-            raise Sorry("The reflection data have no usable free-R flags (no test"
-                        " reflections). Add them (phenix.reflection_file_editor or"
-                        " cctbx: r_free_flags generation) before refinement.")
+            raise Sorry(NO_FREE_FLAGS)
         if flags.data().count(True) == flags.size():
             raise Sorry("All reflections are flagged as free-R test reflections: the free-R"
                         " flag convention is probably inverted. Set the flag value with"
