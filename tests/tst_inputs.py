@@ -463,3 +463,34 @@ def test_long_chain_ids_are_written_as_mmcif_only(library, tmp_path, monkeypatch
     h = iotbx.pdb.input(r["outputs"]["cif"]).construct_hierarchy()
     assert {c.id for c in h.chains()} == {"LONGA"} and h.atoms_size() == 56
     assert "mmCIF only" in open(r["outputs"]["log"]).read()
+
+# --- 5. found by benchmarks/bad_inputs.py: one line each, no traceback --------
+
+def test_all_zero_occupancies_are_refused_for_data(qrx_files, tmp_path):
+    pdb, cif = qrx_files
+    zero = tmp_path / "zero.pdb"
+    zero.write_text("".join((l[:54] + "  0.00" + l[60:] if l.startswith("HETATM") else l)
+                            + "\n" for l in pdb.read_text().splitlines()))
+    mtz = qrx_mtz(tmp_path / "data.mtz")
+    with pytest.raises(Sorry, match="Every atom of .*zero.pdb has occupancy 0"):
+        _run_refine([zero, mtz, cif, "qm_restraints.restraints=cctbx",
+                     "output.prefix=%s" % (tmp_path / "out")])
+
+def test_data_without_free_flags_and_residues_without_dictionary(library, qrx_files,
+                                                                 tmp_path):
+    import iotbx.mtz
+    pdb, cif = qrx_files
+    mtz = qrx_mtz(tmp_path / "data.mtz")
+    arrays = iotbx.mtz.object(str(mtz)).as_miller_arrays()
+    fobs = [a for a in arrays if a.info().labels[0] == "FOBS"][0]
+    no_flags = tmp_path / "no_flags.mtz"
+    fobs.as_mtz_dataset(column_root_label="FOBS").mtz_object().write(str(no_flags))
+    with pytest.raises(Sorry) as e:
+        _run_refine([pdb, no_flags, cif, "qm_restraints.restraints=cctbx",
+                     "output.prefix=%s" % (tmp_path / "out")])
+    assert "no usable free-R flags" in str(e.value) and "\n" not in str(e.value)
+    with pytest.raises(Sorry) as e:
+        _run_refine([pdb, mtz, "qm_restraints.restraints=cctbx",
+                     "output.prefix=%s" % (tmp_path / "out")])
+    assert "QRX" in str(e.value) and "CIF dictionary on the command line" in str(e.value)
+    assert "\n" not in str(e.value)
