@@ -7,7 +7,8 @@ run either works or ends in exactly one `Sorry:` line, never a traceback.
 Entries (../shared/data/entries): qr.prepare, then a short qr.refine with
 library restraints (refinement.macro_cycles=1) on the prepared model; an
 entry with a dictionary (<id>.cif) runs twice, with it and without it (then
-the CCD-generated dictionary must serve).
+the CCD-generated dictionary must serve); an entry with altlocs once more
+with prepare.altlocs=keep.
 
 Crafted inputs, made here from tests/data/1us0_A26_35.pdb (10 residues) and
 tests/data/mse_peptide.pdb, with F-calc data: no CRYST1, two MODELs, mmCIF
@@ -329,13 +330,16 @@ def entry_groups(d, ids):
     groups = []
     for entry in ids:
         pdb, mtz, cif = (ENTRIES / ("%s.%s" % (entry, ext)) for ext in ("pdb", "mtz", "cif"))
-        variants = [("", [])]
+        variants = [("", [], [])]
         if cif.exists():
-            variants = [("_dict", [cif]), ("_ccd", [])]
-        for tag, dictionary in variants:
+            variants = [("_dict", [cif], []), ("_ccd", [], [])]
+        if any(l[16] != " " for l in atom_lines(pdb)):
+            # every conformer kept for the library refinement
+            variants.append(("_altlocs_keep", variants[0][1], ["altlocs=keep"]))
+        for tag, dictionary, options in variants:
             case = entry + tag
             groups.append([
-                Run(case, "prepare", [pdb] + dictionary + [
+                Run(case, "prepare", [pdb] + dictionary + options + [
                     "output.file_name=%s_prepared.pdb" % case, "output.overwrite=True"],
                     "ok", d),
                 Run(case, "refine", ["%s_prepared.pdb" % case, mtz] + dictionary + [
