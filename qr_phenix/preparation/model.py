@@ -562,6 +562,11 @@ def prepare_hierarchy(hierarchy, crystal_symmetry=None, ph=7.0, add_missing_atom
         hp = h.select(flex.bool(polymer_sel.tolist()))
         to_short, to_long = _one_character_chain_ids(hp)
         text = hp.as_pdb_string(crystal_symmetry=crystal_symmetry)
+        if not hp.fits_in_pdb_format():     # as_pdb_string then gives ""
+            raise Sorry("The polymer part of the model does not fit PDB format even with"
+                        " one-character chain ids (residue names or numbers too long),"
+                        " which PDBFixer reads. Rename those residues, or prepare the"
+                        " model in parts.")
         res = complete_and_protonate(
             text, ph=ph, add_missing_atoms=add_missing_atoms,
             cut_after=[(to_short.get(k[0], k[0]),) + k[1:] for k in _cuts(h, known, breaks)])
