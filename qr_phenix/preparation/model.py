@@ -783,7 +783,7 @@ def _charge_report(root, report):
 
 
 def prepare_file(path, ph=7.0, add_missing_atoms=True, ligands="ccd", log=None,
-                 dictionaries=None):
+                 dictionaries=None, altlocs="one"):
     """Read a PDB/mmCIF file and prepare it; returns (hierarchy, symmetry, report)."""
     try:
         pdb_inp = iotbx.pdb.input(file_name=str(path))
@@ -793,5 +793,5 @@ def prepare_file(path, ph=7.0, add_missing_atoms=True, ligands="ccd", log=None,
     cs = pdb_inp.crystal_symmetry()
     new, report = prepare_hierarchy(hierarchy, crystal_symmetry=cs, ph=ph,
                                     add_missing_atoms=add_missing_atoms, ligands=ligands,
-                                    log=log, dictionaries=dictionaries)
+                                    log=log, dictionaries=dictionaries, altlocs=altlocs)
     return new, cs, report
