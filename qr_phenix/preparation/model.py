@@ -52,6 +52,7 @@ class PreparationReport:
     histidines: List[str] = field(default_factory=list)
     ligand_choices: List[str] = field(default_factory=list)
     kept_as_is: List[str] = field(default_factory=list)
+    conformers: List[str] = field(default_factory=list)
     seconds: float = 0.0
 
     def show(self, log=sys.stdout, prefix="  "):
@@ -85,6 +86,8 @@ class PreparationReport:
             print("%sligand %s" % (p, text), file=log)
         for text in self.kept_as_is:
             print("%skept as is: %s" % (p, text), file=log)
+        for text in self.conformers:
+            print("%sconformers %s" % (p, text), file=log)
         print("%scharged residues: %s" % (p, "; ".join(self.charged_residues) or "none"),
               file=log)
         print("%sTOTAL CHARGE %+d (%d electrons, %s)" % (
@@ -705,7 +708,7 @@ def _prepare_conformers(hierarchy, crystal_symmetry=None, log=None, **kwargs):
         if report is None:
             report, first = rep, root
         elif rep.total_charge != report.total_charge:
-            report.kept_as_is.append("conformer %s: total charge %+d (conformer %s: %+d)"
+            report.conformers.append("%s: total charge %+d (conformer %s: %+d)"
                                      % (letter, rep.total_charge, letters[0],
                                         report.total_charge))
     out = iotbx.pdb.hierarchy.root()
@@ -746,8 +749,8 @@ def _prepare_conformers(hierarchy, crystal_symmetry=None, log=None, **kwargs):
     report.n_atoms_out = out.atoms_size()
     report.n_hydrogens = sum(1 for a in out.atoms() if a.element.strip().upper() in ("H", "D"))
     report.removed_altloc_atoms = 0
-    report.kept_as_is.append("conformers %s: each prepared on its own (charges and"
-                             " protonation reported for %s)"
+    report.conformers.insert(0, "%s kept, each prepared on its own (charges and"
+                             " protonation below are those of %s)"
                              % (", ".join(letters), letters[0]))
     report.seconds = time.perf_counter() - t0
     if log is not None:
