@@ -76,7 +76,8 @@ class Run:
 
     def go(self):
         cmd = [sys.executable, "-m", "qr_phenix.%s" % self.program] + [str(a) for a in self.args]
-        log = self.work / ("%s_%s.out" % (self.case, self.program))
+        log = self.work / ("%s_%s%s.out" % (self.case, self.program, "_interrupted"
+                                            if self.interrupt_after else ""))
         t0 = time.time()
         with open(log, "w") as out:
             p = subprocess.Popen(cmd, cwd=self.work, stdout=out, stderr=subprocess.STDOUT,
