@@ -494,3 +494,18 @@ def test_data_without_free_flags_and_residues_without_dictionary(library, qrx_fi
                      "output.prefix=%s" % (tmp_path / "out")])
     assert "QRX" in str(e.value) and "CIF dictionary on the command line" in str(e.value)
     assert "\n" not in str(e.value)
+
+def test_a_two_character_chain_id_gets_its_hydrogens(tmp_path):
+    """PDB format holds 2 characters, OpenMM reads one: the chain is still
+    protonated (it was silently left without H) and keeps its id."""
+    pytest.importorskip("pdbfixer", reason="requires pdbfixer (pip install pdbfixer openmm)")
+    import iotbx.pdb
+    from qr_phenix.preparation import prepare_hierarchy
+    h = iotbx.pdb.input(str(TEST_DATA / "1us0_A26_35.pdb")).construct_hierarchy()
+    one, report_one = prepare_hierarchy(h, log=None)
+    for chain in h.chains():
+        chain.id = "AB"
+    two, report_two = prepare_hierarchy(h, log=None)
+    assert report_two.n_hydrogens == report_one.n_hydrogens > 50
+    assert {c.id for c in two.chains()} == {"AB"}
+    assert report_two.added_terminals == {"AB ILE 35": ["OXT"]}
