@@ -27,7 +27,7 @@ import signal
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -372,14 +372,20 @@ def main(argv=None):
     if a.cases in ("crafted", "all"):
         groups += crafted_groups(out / "crafted")
     if a.cases in ("entries", "all"):
-        ids = a.entries or sorted(p.stem for p in ENTRIES.glob("*.pdb"))
+        # smallest first
+        ids = a.entries or sorted((p.stem for p in ENTRIES.glob("*.pdb")),
+                                  key=lambda e: len(atom_lines(ENTRIES / (e + ".pdb"))))
         groups += entry_groups(out / "entries", ids)
     t0 = time.time()
+    print("%-28s %-15s %-11s %7s  %s" % ("case", "program", "expected", "wall", "result"),
+          flush=True)
+    results = []
+    # rows as groups finish: a run cut short keeps what it did
     with ThreadPoolExecutor(max_workers=max(1, a.jobs)) as pool:
-        results = [r for rs in pool.map(run_group, groups) for r in rs]
-    print("%-28s %-15s %-11s %7s  %s" % ("case", "program", "expected", "wall", "result"))
-    for r in results:
-        print(r.row())
+        for future in as_completed([pool.submit(run_group, g) for g in groups]):
+            for r in future.result():
+                results.append(r)
+                print(r.row(), flush=True)
     counts = {}
     for r in results:
         counts[r.kind] = counts.get(r.kind, 0) + 1

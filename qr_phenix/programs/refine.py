@@ -80,8 +80,8 @@ output
 
 
 NO_FREE_FLAGS = ("The reflection data have no usable free-R flags (no test reflections)."
-                 " Add them (phenix.reflection_file_editor or cctbx: r_free_flags"
-                 " generation) before refinement.")
+                 " Give the file with the flags used before as well or, if the model was"
+                 " never refined against these data, add xray_data.r_free_flags.generate=True.")
 
 
 class Program(ProgramTemplate):
