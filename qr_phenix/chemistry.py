@@ -455,3 +455,17 @@ def check_hydrogens(hierarchy, selection=None, use_library=True):
             " or phenix.reduce / mmtbx.reduce2), or leave these residues out of"
             " qm_restraints.selection."
             % (len(problems), "; ".join(problems[:15]) + (" ..." if len(problems) > 15 else "")))
+
+
+def check_single_conformer(hierarchy, what="QM restraints"):
+    """Sorry when the model has alternative conformations: a QM energy is the
+    energy of one structure, not of a mixture of conformers."""
+    residues = [_residue_label(rg, chain.id, rg.atom_groups()[0].resname)
+                for chain in hierarchy.chains() for rg in chain.residue_groups()
+                if any(ag.altloc.strip() for ag in rg.atom_groups())]
+    if residues:
+        raise Sorry("The model has alternative conformations (%d residue%s, e.g. %s); %s"
+                    " need one conformer. Run qr.prepare (prepare.altlocs=one keeps the"
+                    " conformer of highest occupancy) and use its output, or refine all"
+                    " conformers with qm_restraints.restraints=cctbx."
+                    % (len(residues), "s" if len(residues) > 1 else "", residues[0], what))

@@ -551,9 +551,7 @@ def build_qm_manager(model, params, log=sys.stdout, fragment_params=None,
     hierarchy = model.get_hierarchy()
     n = hierarchy.atoms_size()
     elements = [chemistry._element(a) for a in hierarchy.atoms()]
-    if any(ag.altloc.strip() for ag in hierarchy.atom_groups()):
-        raise Sorry("The model has alternative conformations; QM restraints need a single"
-                    " conformer. Remove altlocs (keep one) before quantum refinement.")
+    chemistry.check_single_conformer(hierarchy)
     region = None
     selection = None
     if params.selection is not None:

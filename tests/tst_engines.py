@@ -264,6 +264,37 @@ def test_pyscf_retry_path():
     assert np.all(np.isfinite(result.gradient))
 
 
+# Fe4, a random cluster: GFN2 SCC does not converge at 300 K in 1000
+# iterations, it does at the smearing temperature (~3158 K)
+FE4 = np.array([[2.980, -0.999, 0.072], [1.817, -1.926, -2.587], [-1.686, -0.737, -0.752],
+                [0.790, 0.349, -1.620]])
+
+
+def test_tblite_keeps_a_raised_electronic_temperature(caplog):
+    from qr_phenix.engines.tblite import SMEARING_TEMPERATURE_K
+    symbols = ["Fe"] * 4
+    calc = calculator("gfn2")
+    with caplog.at_level("WARNING", logger="qr_phenix.engines.tblite"):
+        first = energy_and_gradient(calc, symbols, FE4)
+    assert calc.raised_temperature == SMEARING_TEMPERATURE_K
+    assert len(caplog.records) == 1 and "3158 K" in caplog.records[0].getMessage()
+    assert any("raised from 300 K to 3158 K" in line for line in calc.retry_log)
+    # the next point of a line search is on the same surface: the restart at
+    # 3158 K, no retry, no second message; the energy is that of a fresh
+    # calculator at 3158 K
+    moved = FE4 + 0.002
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="qr_phenix.engines.tblite"):
+        second = energy_and_gradient(calc, symbols, moved)
+    assert calc.retry_log == [] and not caplog.records
+    hot = calculator("gfn2", electronic_temperature=SMEARING_TEMPERATURE_K)
+    assert second.energy == pytest.approx(energy_and_gradient(hot, symbols, moved).energy,
+                                          abs=1e-4)
+    assert hot.raised_temperature is None
+    # and close to the first point (no jump between surfaces)
+    assert abs(second.energy - first.energy) < 1.0
+
+
 @pytest.mark.parametrize("name", ["gfn2", "xtb", "pm7", "test"])
 def test_distorted_geometry_converges_or_raises(helix, name):
     symbols, positions = helix

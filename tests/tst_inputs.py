@@ -2,11 +2,13 @@
 bad model files, element columns.  Real cctbx; small data made here (real
 entries from ../shared only where named, skipped when missing)."""
 
+import os
+
 import numpy as np
 import pytest
 from libtbx.utils import Sorry, null_out
 
-from paths import ENTRIES, shared
+from paths import ENTRIES, TEST_DATA, shared
 
 def entry_file(name):
     return shared(ENTRIES / name)
@@ -307,3 +309,203 @@ def test_1il5_prepare_and_refine_with_its_dictionary(library, tmp_path):
                            "refinement.validation=off", "output.prefix=%s" % (tmp_path / "x1il5")])
     # the refined cycle (the never-worse rule may hand back the start)
     assert results["cycles"][-1]["r_work"] < results["start"]["r_work"]
+
+# --- 4. occupancies, alternative conformations, chain ids mmCIF only ----------
+
+def altloc_peptide_text():
+    """1us0 A26-35 (heavy atoms) in a P1 box with THR 28 OG1/CG2 in two
+    conformers (A 0.6; B 0.4, turned 120 deg about CA-CB), the GLU 29 side
+    chain at occupancy 0.5 and ALA 30 CB at 0."""
+    import iotbx.pdb
+    h = iotbx.pdb.input(str(TEST_DATA / "1us0_A26_35.pdb")).construct_hierarchy()
+    for rg in h.residue_groups():
+        ag = rg.atom_groups()[0]
+        by_name = {a.name.strip(): a for a in ag.atoms()}
+        if rg.resseq.strip() == "28":
+            ca, cb = np.array(by_name["CA"].xyz), np.array(by_name["CB"].xyz)
+            u = (cb - ca) / np.linalg.norm(cb - ca)
+            c, s = np.cos(2 * np.pi / 3), np.sin(2 * np.pi / 3)
+            k = np.array([[0, -u[2], u[1]], [u[2], 0, -u[0]], [-u[1], u[0], 0]])
+            turn = np.eye(3) + s * k + (1 - c) * k @ k
+            conf = {}
+            for letter, occ in (("A", 0.6), ("B", 0.4)):
+                conf[letter] = iotbx.pdb.hierarchy.atom_group(altloc=letter,
+                                                              resname=ag.resname)
+                for name in ("OG1", "CG2"):
+                    a = by_name[name].detached_copy()
+                    a.set_occ(occ)
+                    if letter == "B":
+                        a.set_xyz(tuple(cb + turn @ (np.array(a.xyz) - cb)))
+                    conf[letter].append_atom(a)
+            for name in ("OG1", "CG2"):
+                ag.remove_atom(by_name[name])
+            rg.append_atom_group(conf["A"])
+            rg.append_atom_group(conf["B"])
+        elif rg.resseq.strip() == "29":
+            for name in ("CG", "CD", "OE1", "OE2"):
+                by_name[name].set_occ(0.5)
+        elif rg.resseq.strip() == "30":
+            by_name["CB"].set_occ(0.0)
+    h.atoms_reset_serial()
+    from cctbx import crystal
+    cs = crystal.symmetry(unit_cell=(50, 50, 50, 90, 90, 90), space_group_symbol="P1")
+    return h.as_pdb_string(crystal_symmetry=cs)
+
+def _prepare(args):
+    from qr_phenix.command_line import run_checked
+    from qr_phenix.programs.prepare import Program
+    return run_checked(Program, [str(a) for a in args], logger=null_out())
+
+def _by_id(h):
+    return {(a.parent().altloc, a.parent().parent().resseq.strip(), a.name.strip()): a
+            for a in h.atoms()}
+
+def _rider(h, atom):
+    """The heavy atom of the same conformer (or shared) nearest to an H."""
+    rg = atom.parent().parent()
+    alt = atom.parent().altloc
+    heavy = [a for a in rg.atoms() if a.element.strip() != "H"
+             and a.parent().altloc in ("", alt)]
+    return min(heavy, key=atom.distance)
+
+def test_prepare_keeps_occupancies_and_one_conformer(tmp_path):
+    pytest.importorskip("pdbfixer", reason="requires pdbfixer (pip install pdbfixer openmm)")
+    import iotbx.pdb
+    pdb = tmp_path / "alt.pdb"
+    pdb.write_text(altloc_peptide_text())
+    out = tmp_path / "one.pdb"
+    results = _prepare([pdb, "output.file_name=%s" % out])
+    h = iotbx.pdb.input(str(out)).construct_hierarchy()
+    assert not any(ag.altloc.strip() for ag in h.atom_groups())
+    atoms = _by_id(h)
+    # the kept conformer (A, the higher occupancy) is the whole model: occupancy 1
+    assert atoms[("", "28", "OG1")].occ == 1.0
+    # the others keep theirs (GLU 29 CB is 0.6 in the file, its side chain 0.5 here)
+    assert atoms[("", "29", "OE1")].occ == 0.5 and atoms[("", "29", "CB")].occ == 0.6
+    assert atoms[("", "29", "CA")].occ == 1.0 and atoms[("", "30", "CB")].occ == 0.0
+    hydrogens = [a for a in h.atoms() if a.element.strip() == "H"]
+    assert len(hydrogens) == results["report"].n_hydrogens > 50
+    for a in hydrogens:
+        assert a.occ == _rider(h, a).occ, a.id_str()
+    assert atoms[("", "29", "HG2")].occ == 0.5 and atoms[("", "29", "HB2")].occ == 0.6
+    assert atoms[("", "30", "HB1")].occ == 0.0
+
+def test_prepare_keeps_conformers_for_library_refinement(library, tmp_path):
+    pytest.importorskip("pdbfixer", reason="requires pdbfixer (pip install pdbfixer openmm)")
+    import iotbx.pdb
+    pdb = tmp_path / "alt.pdb"
+    pdb.write_text(altloc_peptide_text())
+    out = tmp_path / "keep.pdb"
+    _prepare([pdb, "altlocs=keep", "output.file_name=%s" % out])
+    h = iotbx.pdb.input(str(out)).construct_hierarchy()
+    atoms = _by_id(h)
+    thr = [rg for rg in h.residue_groups() if rg.resseq.strip() == "28"][0]
+    assert [ag.altloc for ag in thr.atom_groups()] == ["", "A", "B"]
+    for letter, occ in (("A", 0.6), ("B", 0.4)):
+        # each conformer has its hydroxyl and methyl H, at its own occupancy
+        names = {a.name.strip(): a.occ for a in thr.atom_groups()["AB".index(letter) + 1].atoms()}
+        assert set(names) == {"OG1", "CG2", "HG1", "HG21", "HG22", "HG23"}, names
+        assert set(names.values()) == {occ}
+    assert atoms[("B", "28", "HG1")].distance(atoms[("A", "28", "HG1")]) > 1.0
+    assert atoms[("", "28", "HB")].occ == 1.0 and atoms[("", "29", "HG2")].occ == 0.5
+    # library refinement keeps the conformers
+    geo = _run_refine([out, "qm_restraints.restraints=cctbx", "refinement.macro_cycles=1",
+                       "refinement.validation=off", "output.prefix=%s" % (tmp_path / "geo")])
+    h = iotbx.pdb.input(geo["outputs"]["pdb"]).construct_hierarchy()
+    assert sorted({ag.altloc for ag in h.atom_groups()}) == ["", "A", "B"]
+    # QM refuses them before any work, naming the way out
+    with pytest.raises(Sorry, match="alternative conformations.*altlocs=one"):
+        _run_refine([out, "output.prefix=%s" % (tmp_path / "qm")])
+
+def long_chain_cif(path):
+    """LEU-MSE-GLN as mmCIF with the chain id LONGA (PDB format holds 2 characters)."""
+    import iotbx.pdb
+    inp = iotbx.pdb.input(str(TEST_DATA / "mse_peptide.pdb"))
+    h = inp.construct_hierarchy()
+    for chain in h.chains():
+        chain.id = "LONGA"
+    path.write_text(h.as_mmcif_string(crystal_symmetry=inp.crystal_symmetry()))
+    return path
+
+def test_long_chain_ids_are_written_as_mmcif_only(library, tmp_path, monkeypatch):
+    pytest.importorskip("pdbfixer", reason="requires pdbfixer (pip install pdbfixer openmm)")
+    pytest.importorskip("hydride", reason="requires hydride (pip install hydride biotite)")
+    import iotbx.pdb
+    from qr_phenix.refinement.real_space import GeometryMinimisation
+    cif = long_chain_cif(tmp_path / "long.cif")
+    results = _prepare([cif, "output.file_name=%s" % (tmp_path / "p.pdb")])
+    assert results["file_name"].endswith("p.cif") and not (tmp_path / "p.pdb").exists()
+    h = iotbx.pdb.input(results["file_name"]).construct_hierarchy()
+    assert {c.id for c in h.chains()} == {"LONGA"}
+    # every residue got its hydrogens (PDBFixer saw the chain under a short id)
+    assert results["report"].n_hydrogens == 30
+    assert "LONGA GLN 56" in results["report"].added_terminals
+    # refinement: interrupted after cycle 1, resumed, written as mmCIF only
+    prefix = tmp_path / "r"
+    args = [results["file_name"], "qm_restraints.restraints=cctbx", "refinement.macro_cycles=2",
+            "refinement.r_tolerance=0", "refinement.shift_tolerance=0",
+            "refinement.validation=off", "output.prefix=%s" % prefix]
+    original = GeometryMinimisation.minimise
+    calls = {"n": 0}
+
+    def stop_in_cycle_2(self, scale):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise Sorry("interrupted (simulated)")
+        return original(self, scale)
+    monkeypatch.setattr(GeometryMinimisation, "minimise", stop_in_cycle_2)
+    with pytest.raises(Sorry, match="simulated"):
+        _run_refine(args)
+    monkeypatch.setattr(GeometryMinimisation, "minimise", original)
+    r = _run_refine(args + ["output.resume=True"])
+    assert [c["cycle"] for c in r["cycles"]] == [1, 2]
+    assert r["outputs"]["pdb"] is None and not os.path.exists(str(prefix) + ".pdb")
+    h = iotbx.pdb.input(r["outputs"]["cif"]).construct_hierarchy()
+    assert {c.id for c in h.chains()} == {"LONGA"} and h.atoms_size() == 56
+    assert "mmCIF only" in open(r["outputs"]["log"]).read()
+
+# --- 5. found by benchmarks/bad_inputs.py: one line each, no traceback --------
+
+def test_all_zero_occupancies_are_refused_for_data(qrx_files, tmp_path):
+    pdb, cif = qrx_files
+    zero = tmp_path / "zero.pdb"
+    zero.write_text("".join((l[:54] + "  0.00" + l[60:] if l.startswith("HETATM") else l)
+                            + "\n" for l in pdb.read_text().splitlines()))
+    mtz = qrx_mtz(tmp_path / "data.mtz")
+    with pytest.raises(Sorry, match="Every atom of .*zero.pdb has occupancy 0"):
+        _run_refine([zero, mtz, cif, "qm_restraints.restraints=cctbx",
+                     "output.prefix=%s" % (tmp_path / "out")])
+
+def test_data_without_free_flags_and_residues_without_dictionary(library, qrx_files,
+                                                                 tmp_path):
+    import iotbx.mtz
+    pdb, cif = qrx_files
+    mtz = qrx_mtz(tmp_path / "data.mtz")
+    arrays = iotbx.mtz.object(str(mtz)).as_miller_arrays()
+    fobs = [a for a in arrays if a.info().labels[0] == "FOBS"][0]
+    no_flags = tmp_path / "no_flags.mtz"
+    fobs.as_mtz_dataset(column_root_label="FOBS").mtz_object().write(str(no_flags))
+    with pytest.raises(Sorry) as e:
+        _run_refine([pdb, no_flags, cif, "qm_restraints.restraints=cctbx",
+                     "output.prefix=%s" % (tmp_path / "out")])
+    assert "no usable free-R flags" in str(e.value) and "\n" not in str(e.value)
+    with pytest.raises(Sorry) as e:
+        _run_refine([pdb, mtz, "qm_restraints.restraints=cctbx",
+                     "output.prefix=%s" % (tmp_path / "out")])
+    assert "QRX" in str(e.value) and "CIF dictionary on the command line" in str(e.value)
+    assert "\n" not in str(e.value)
+
+def test_a_two_character_chain_id_gets_its_hydrogens(tmp_path):
+    """PDB format holds 2 characters, OpenMM reads one: the chain is still
+    protonated (it was silently left without H) and keeps its id."""
+    pytest.importorskip("pdbfixer", reason="requires pdbfixer (pip install pdbfixer openmm)")
+    import iotbx.pdb
+    from qr_phenix.preparation import prepare_hierarchy
+    h = iotbx.pdb.input(str(TEST_DATA / "1us0_A26_35.pdb")).construct_hierarchy()
+    one, report_one = prepare_hierarchy(h, log=None)
+    for chain in h.chains():
+        chain.id = "AB"
+    two, report_two = prepare_hierarchy(h, log=None)
+    assert report_two.n_hydrogens == report_one.n_hydrogens > 50
+    assert {c.id for c in two.chains()} == {"AB"}
+    assert report_two.added_terminals == {"AB ILE 35": ["OXT"]}

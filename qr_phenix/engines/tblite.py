@@ -42,7 +42,10 @@ _interface = None
 _openblas = None
 _gomp = None
 
-#: electronic temperature used by the last retry step (0.01 Eh, ~3158 K)
+#: electronic temperature used by the last retry step (0.01 Eh, ~3158 K).
+#: Energies at another electronic temperature lie on another surface: once a
+#: calculator needed it, it keeps it for the rest of the run (logged once),
+#: so a line search never mixes the two.
 SMEARING_TEMPERATURE_K = 0.01 / units.HARTREE_PER_KELVIN
 
 
@@ -114,6 +117,8 @@ class TBLiteCalculator(EngineCalculator):
         self._tb = None
         self._result = None
         self._messages = collections.deque(maxlen=50)
+        #: electronic temperature (K) a retry raised for the rest of the run
+        self.raised_temperature = None
         if settings.threads > 1:
             log.warning("tblite runs on 1 thread: more threads give wrong energies with"
                         " this tblite build (use processes: parallel.nproc)")
@@ -148,19 +153,31 @@ class TBLiteCalculator(EngineCalculator):
 
     def _attempts(self):
         s = self.settings
-        base = dict(max_iter=s.max_iterations, temperature=s.electronic_temperature,
-                    damping=0.4)
+        temperature = self.raised_temperature or s.electronic_temperature
+        base = dict(max_iter=s.max_iterations, temperature=temperature, damping=0.4)
         steps = []
         if self._result is not None:
             steps.append(("restart from previous wavefunction", True, base))
         steps.append(("fresh guess", False, base))
         steps.append(("fresh guess, 1000 iterations, damping 0.2", False,
                       dict(base, max_iter=max(1000, s.max_iterations), damping=0.2)))
-        steps.append(("electronic temperature %.0f K (Fermi smearing)" % SMEARING_TEMPERATURE_K,
-                      False, dict(base, max_iter=max(1000, s.max_iterations), damping=0.2,
-                                  temperature=max(SMEARING_TEMPERATURE_K,
-                                                  s.electronic_temperature))))
+        if temperature < SMEARING_TEMPERATURE_K:
+            steps.append(("electronic temperature %.0f K (Fermi smearing)"
+                          % SMEARING_TEMPERATURE_K, False,
+                          dict(base, max_iter=max(1000, s.max_iterations), damping=0.2,
+                               temperature=SMEARING_TEMPERATURE_K)))
         return steps
+
+    def _keep_temperature(self, temperature):
+        """A retry at a higher electronic temperature converged: every later
+        calculation of this calculator uses it (one energy surface per run)."""
+        self.raised_temperature = temperature
+        note = ("electronic temperature raised from %.0f K to %.0f K for the rest of the"
+                " run (one energy surface)" % (self.settings.electronic_temperature,
+                                               temperature))
+        self.retry_log.append(note)
+        log.warning("%s: SCC converged only at %.0f K: %s", self.engine_name, temperature,
+                    note)
 
     def _compute(self, numbers, positions):
         positions_bohr = positions / units.ANGSTROM_PER_BOHR
@@ -192,6 +209,10 @@ class TBLiteCalculator(EngineCalculator):
             self._result = result
             if errors:
                 self.retry_log.append("converged with %s" % label)
+            if opt["temperature"] != (self.raised_temperature or
+                                      self.settings.electronic_temperature):
+                self._keep_temperature(opt["temperature"])
+            elif errors:
                 log.warning("%s: SCC converged only with %s", self.engine_name, label)
             energy_ev = energy * units.EV_PER_HARTREE
             forces = -gradient * (units.EV_PER_HARTREE / units.ANGSTROM_PER_BOHR)

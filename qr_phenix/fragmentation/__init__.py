@@ -15,6 +15,7 @@ import numpy as np
 from libtbx import Auto
 from libtbx.utils import Sorry
 
+from qr_phenix import chemistry
 from qr_phenix.monomer_library import library_bonds
 
 master_phil_str = """
@@ -147,9 +148,7 @@ def build_fragment_evaluator(model, qm_params, fragment_params, parallel_params,
         print("  fragments: qm_restraints.charge=%s is ignored; each fragment's charge"
               " comes from its residues" % qm_params.charge, file=log)
     hierarchy = model.get_hierarchy()
-    if any(ag.altloc.strip() for ag in hierarchy.atom_groups()):
-        raise Sorry("The model has alternative conformations; QM restraints need a single"
-                    " conformer. Remove altlocs (keep one) before quantum refinement.")
+    chemistry.check_single_conformer(hierarchy)
     p = fragment_params
     if p.core_size < 1 or p.buffer_radius < 0 or p.rebuild_displacement <= 0:
         raise Sorry("fragments: core_size must be >= 1, buffer_radius >= 0 and"

@@ -1,15 +1,17 @@
 """Make a model atom-complete for QM: one conformer, all heavy atoms, all H.
 
 Steps (each reported):
-1. keep one conformer (the first altloc; its atoms get occupancy 1) and drop
-   existing hydrogens, so every H comes from one consistent protonation;
+1. keep one conformer (the altloc of highest occupancy, the first on ties;
+   its atoms get occupancy 1, all other atoms keep theirs) and drop existing
+   hydrogens, so every H comes from one consistent protonation;
 2. polymer residues and waters -> PDBFixer/OpenMM (qr_phenix.preparation.polymer);
 3. other residues -> CCD + hydride (qr_phenix.preparation.ligands), with their
    covalent links to neighbouring residues (bond-length criterion; the
    polymer hydrogens at such a bond are fixed); monatomic ions are kept as
    they are;
-4. merge in the original residue order, keep B-factors of existing atoms (new
-   atoms get their residue's mean B), write the total charge per residue
+4. merge in the original residue order, keep B-factors and occupancies of
+   existing atoms (new heavy atoms get their residue's mean B and occupancy,
+   every H the occupancy of the atom it rides on), write the total charge per residue
    class and the protonation choices;
 5. chain breaks (missing loops) get neutral caps, so no open valence reaches a
    QM engine: the residue before the gap a C-terminal aldehyde H (HC, on the
@@ -25,6 +27,7 @@ from typing import List
 import iotbx.pdb
 import numpy as np
 from libtbx.utils import Sorry
+from scitbx.array_family import flex
 
 from qr_phenix import chemistry
 
@@ -49,6 +52,7 @@ class PreparationReport:
     histidines: List[str] = field(default_factory=list)
     ligand_choices: List[str] = field(default_factory=list)
     kept_as_is: List[str] = field(default_factory=list)
+    conformers: List[str] = field(default_factory=list)
     seconds: float = 0.0
 
     def show(self, log=sys.stdout, prefix="  "):
@@ -82,6 +86,8 @@ class PreparationReport:
             print("%sligand %s" % (p, text), file=log)
         for text in self.kept_as_is:
             print("%skept as is: %s" % (p, text), file=log)
+        for text in self.conformers:
+            print("%sconformers %s" % (p, text), file=log)
         print("%scharged residues: %s" % (p, "; ".join(self.charged_residues) or "none"),
               file=log)
         print("%sTOTAL CHARGE %+d (%d electrons, %s)" % (
@@ -171,6 +177,22 @@ def normalize_hydrogens(h, tolerance=0.01):
             a.set_xyz(tuple(hx[k] + v[k] * (ideal / d[k])))
             moved += 1
     return moved
+
+
+def ride_hydrogen_occupancies(h):
+    """Every H takes the occupancy of the nearest heavy atom of its residue
+    (the atom it rides on)."""
+    for rg in h.residue_groups():
+        for ag in rg.atom_groups():
+            atoms = list(ag.atoms())
+            heavy = [a for a in atoms if chemistry._element(a) not in ("H", "D")]
+            if not heavy:
+                continue
+            hx = np.array([a.xyz for a in heavy])
+            for a in atoms:
+                if chemistry._element(a) in ("H", "D"):
+                    d = np.linalg.norm(hx - np.array(a.xyz), axis=1)
+                    a.set_occ(heavy[int(np.argmin(d))].occ)
 
 
 #: covalent radii (A) of the elements considered for links between residues
@@ -442,14 +464,41 @@ def cap_chain_breaks(root, breaks):
     return lines
 
 
+ONE_CHARACTER_IDS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
+
+
+def _one_character_chain_ids(h):
+    """OpenMM reads the chain id from one PDB column: when some id is longer,
+    rename the chains of `h` to one character each.  Returns ({original:
+    short}, {short: original}) of stripped ids (both empty when nothing was
+    renamed)."""
+    ids = list(dict.fromkeys(c.id.strip() for c in h.only_model().chains()))
+    if all(len(i) <= 1 for i in ids):
+        return {}, {}
+    if len(ids) > len(ONE_CHARACTER_IDS):
+        raise Sorry("The model has %d polymer chains and chain ids longer than one"
+                    " character; qr.prepare can map at most %d such chains for PDBFixer."
+                    " Prepare the chains in parts." % (len(ids), len(ONE_CHARACTER_IDS)))
+    to_short = dict(zip(ids, ONE_CHARACTER_IDS))
+    for chain in h.only_model().chains():
+        chain.id = to_short[chain.id.strip()]
+    return to_short, {v: k for k, v in to_short.items()}
+
+
 def prepare_hierarchy(hierarchy, crystal_symmetry=None, ph=7.0, add_missing_atoms=True,
-                      ligands="ccd", log=None, dictionaries=None):
+                      ligands="ccd", log=None, dictionaries=None, altlocs="one"):
     """Return (new hierarchy, PreparationReport).  `ligands`: ccd (add H from the
     CCD) or keep (leave non-polymer residues exactly as given).
+    `altlocs`: one (keep the conformer of highest occupancy, for QM) or keep
+    (every conformer, each prepared on its own: for library refinement).
     `dictionaries`: {residue name: (iotbx.cif block, source name)} of restraint
     dictionaries given by the user; ligands they cover get exactly the
     dictionary's hydrogens and names (and its charges) instead of the CCD's,
     so that the prepared model matches the restraints refinement will use."""
+    if altlocs == "keep" and any(ag.altloc.strip() for ag in hierarchy.atom_groups()):
+        return _prepare_conformers(hierarchy, crystal_symmetry=crystal_symmetry, log=log,
+                                   ph=ph, add_missing_atoms=add_missing_atoms,
+                                   ligands=ligands, dictionaries=dictionaries)
     from qr_phenix.preparation.ligands import protonate_from_dictionary, protonate_ligand
     dictionaries = {k.strip().upper(): v for k, v in (dictionaries or {}).items()}
     from qr_phenix.preparation.polymer import complete_and_protonate, openmm_residue_names
@@ -473,22 +522,28 @@ def prepare_hierarchy(hierarchy, crystal_symmetry=None, ph=7.0, add_missing_atom
                     report.removed_waters.append(_label(chain.id, rg) + " (conformer %s only)"
                                                  % ags[0].altloc)
                     chain.remove_residue_group(rg)
-    h.remove_alt_confs(always_keep_one_conformer=True)
+    # the kept conformer is the whole model now: its atoms get occupancy 1;
+    # every other atom keeps its occupancy
+    for ag in h.atom_groups():
+        if ag.altloc.strip():
+            ag.atoms().set_occ(flex.double(ag.atoms_size(), 1.0))
+    h.remove_alt_confs(always_keep_one_conformer=True, keep_occupancy=True)
     _remove_clashing_waters(h, report, crystal_symmetry)
     report.removed_altloc_atoms = n0 - h.atoms_size()
-    for a in h.atoms():
-        if a.occ < 1.0:
-            a.occ = 1.0
     h.atoms_reset_serial()
     n1 = h.atoms_size()
     h.remove_hd()
     report.removed_hydrogens = n1 - h.atoms_size()
     original_b = {}
+    original_occ = {}
     for chain in h.only_model().chains():
         for rg in chain.residue_groups():
             bs = [a.b for a in rg.atoms()]
             original_b[_key(chain.id, rg)] = (
                 {a.name.strip(): a.b for a in rg.atoms()}, float(np.mean(bs)) if bs else 20.0)
+            original_occ[_key(chain.id, rg)] = (
+                {a.name.strip(): a.occ for a in rg.atoms()},
+                float(np.mean([a.occ for a in rg.atoms()])) if bs else 1.0)
     known = openmm_residue_names()
     polymer_sel = []
     ligand_groups = []
@@ -505,24 +560,37 @@ def prepare_hierarchy(hierarchy, crystal_symmetry=None, ph=7.0, add_missing_atom
     breaks = [(cid, _key(cid, p), _key(cid, q), d) for cid, p, q, d in find_chain_breaks(h)
               if p.atom_groups()[0].resname.strip().upper() in known
               and q.atom_groups()[0].resname.strip().upper() in known]
-    from scitbx.array_family import flex
     sources = {}
     if polymer_sel.any():
         hp = h.select(flex.bool(polymer_sel.tolist()))
+        to_short, to_long = _one_character_chain_ids(hp)
         text = hp.as_pdb_string(crystal_symmetry=crystal_symmetry)
-        res = complete_and_protonate(text, ph=ph, add_missing_atoms=add_missing_atoms,
-                                     cut_after=_cuts(h, known, breaks))
-        report.added_heavy_atoms = res.added_heavy_atoms
+        if not hp.fits_in_pdb_format():     # as_pdb_string then gives ""
+            raise Sorry("The polymer part of the model does not fit PDB format even with"
+                        " one-character chain ids (residue names or numbers too long),"
+                        " which PDBFixer reads. Rename those residues, or prepare the"
+                        " model in parts.")
+        res = complete_and_protonate(
+            text, ph=ph, add_missing_atoms=add_missing_atoms,
+            cut_after=[(to_short.get(k[0], k[0]),) + k[1:] for k in _cuts(h, known, breaks)])
+
+        def long_label(label):
+            chain_id, rest = label.split(" ", 1)
+            return "%s %s" % (to_long.get(chain_id, chain_id) or "_", rest)
+        report.added_heavy_atoms = {long_label(k): v for k, v in res.added_heavy_atoms.items()}
         # the OXT of a residue before a break is replaced by its cap
         cut = {"%s %s" % (k[0] or "_", k[1] + k[2]) for _, k, _, _ in breaks}
         report.added_terminals = {
-            label: names for label, names in res.added_terminals.items()
+            label: names for label, names in
+            ((long_label(k), v) for k, v in res.added_terminals.items())
             if "%s %s" % (label.split()[0], label.split()[-1]) not in cut}
-        report.missing_residues = res.missing_residues
+        report.missing_residues = [
+            "chain %s:%s" % (to_long.get(t.split()[1][:-1], t.split()[1][:-1]),
+                             t.split(":", 1)[1]) for t in res.missing_residues]
         fixed = iotbx.pdb.input(source_info=None, lines=res.pdb_text).construct_hierarchy()
         for chain in fixed.only_model().chains():
             for rg in chain.residue_groups():
-                sources[_key(chain.id, rg)] = rg
+                sources[_key(to_long.get(chain.id.strip(), chain.id), rg)] = rg
     ligand_charges = {}
     links = covalent_links(h, ligand_groups) if ligands != "keep" else {}
     polymer_links = {}              # polymer residue key -> [(atom, ligand xyz)]
@@ -573,10 +641,11 @@ def prepare_hierarchy(hierarchy, crystal_symmetry=None, ph=7.0, add_missing_atom
             src = sources.get(_key(chain.id, rg), rg)
             new_rg = src.detached_copy()
             b_by_name, b_mean = original_b.get(_key(chain.id, rg), ({}, 20.0))
+            occ_by_name, occ_mean = original_occ.get(_key(chain.id, rg), ({}, 1.0))
             for a in new_rg.atoms():
                 a.set_b(b_by_name.get(a.name.strip(), b_mean))
-                if a.occ <= 0:
-                    a.set_occ(1.0)
+                # rebuilt atoms get the residue's mean occupancy, H are set below
+                a.set_occ(occ_by_name.get(a.name.strip(), occ_mean))
             if src is not rg:
                 changed = _fix_link_hydrogens(new_rg, polymer_links.get(
                     _key(chain.id, rg), []))
@@ -594,6 +663,7 @@ def prepare_hierarchy(hierarchy, crystal_symmetry=None, ph=7.0, add_missing_atom
     report.thiolates = deprotonate_metal_thiolates(root)
     root.atoms_reset_serial()
     report.normalized_hydrogens = normalize_hydrogens(root)
+    ride_hydrogen_occupancies(root)
     # round trip through text: what is reported is what a reader of the file
     # gets (charge column included)
     root = iotbx.pdb.input(source_info=None, lines=root.as_pdb_or_mmcif_string(
@@ -605,6 +675,99 @@ def prepare_hierarchy(hierarchy, crystal_symmetry=None, ph=7.0, add_missing_atom
     if log is not None:
         report.show(log)
     return root, report
+
+
+def _prepare_conformers(hierarchy, crystal_symmetry=None, log=None, **kwargs):
+    """altlocs=keep: the model with conformer A (residues without an A keep
+    their conformer of highest occupancy) is prepared, then the one with B,
+    and so on; the results are merged: atoms of a conformer, with the H that
+    ride on them, keep their altloc and come from that conformer's
+    preparation, the other atoms (and their H) from the preparation of the
+    residue's first conformer.  The report is the first conformer's."""
+    t0 = time.perf_counter()
+    letters = sorted({ag.altloc for ag in hierarchy.atom_groups() if ag.altloc.strip()})
+    if len(hierarchy.models()) > 1:
+        raise Sorry("The model has %d MODELs; prepare one model at a time."
+                    % len(hierarchy.models()))
+    # input names per residue: {key: {altloc: set of atom names}} ('' = shared)
+    names = {}
+    for chain in hierarchy.only_model().chains():
+        for rg in chain.residue_groups():
+            for ag in rg.atom_groups():
+                names.setdefault(_key(chain.id, rg), {}).setdefault(
+                    ag.altloc.strip(), set()).update(a.name.strip() for a in ag.atoms())
+    prepared = {}
+    report = None
+    for letter in letters:
+        h = hierarchy.deep_copy()
+        h.remove_alt_confs(always_keep_one_conformer=True, altloc_to_keep=letter,
+                           keep_occupancy=True)
+        root, rep = prepare_hierarchy(h, crystal_symmetry=crystal_symmetry, **kwargs)
+        prepared[letter] = {(_key(chain.id, rg)): rg for chain in root.only_model().chains()
+                            for rg in chain.residue_groups()}
+        if report is None:
+            report, first = rep, root
+        elif rep.total_charge != report.total_charge:
+            report.conformers.append("%s: total charge %+d (conformer %s: %+d)"
+                                     % (letter, rep.total_charge, letters[0],
+                                        report.total_charge))
+    out = iotbx.pdb.hierarchy.root()
+    model = iotbx.pdb.hierarchy.model()
+    out.append_model(model)
+    for chain in first.only_model().chains():
+        new_chain = iotbx.pdb.hierarchy.chain(id=chain.id)
+        for rg in chain.residue_groups():
+            key = _key(chain.id, rg)
+            alts = sorted(k for k in names.get(key, {}) if k)
+            if not alts:
+                new_chain.append_residue_group(rg.detached_copy())
+                continue
+            new_rg = iotbx.pdb.hierarchy.residue_group(resseq=rg.resseq, icode=rg.icode)
+            resname = rg.atom_groups()[0].resname
+            shared = iotbx.pdb.hierarchy.atom_group(altloc="", resname=resname)
+            src = prepared[alts[0]].get(key, rg)
+            for a in src.atoms():
+                if not _in_conformer(a, src, names[key][alts[0]]):
+                    shared.append_atom(a.detached_copy())
+            if shared.atoms_size():
+                new_rg.append_atom_group(shared)
+            for letter in alts:
+                src = prepared.get(letter, {}).get(key)
+                if src is None:     # e.g. a water removed as a clash in this conformer
+                    continue
+                ag = iotbx.pdb.hierarchy.atom_group(altloc=letter, resname=resname)
+                for a in src.atoms():
+                    if _in_conformer(a, src, names[key][letter]):
+                        ag.append_atom(a.detached_copy())
+                new_rg.append_atom_group(ag)
+            new_chain.append_residue_group(new_rg)
+        model.append_chain(new_chain)
+    out.atoms_reset_serial()
+    out = iotbx.pdb.input(source_info=None, lines=out.as_pdb_or_mmcif_string(
+        crystal_symmetry=crystal_symmetry)).construct_hierarchy()
+    report.n_atoms_in = hierarchy.atoms_size()
+    report.n_atoms_out = out.atoms_size()
+    report.n_hydrogens = sum(1 for a in out.atoms() if a.element.strip().upper() in ("H", "D"))
+    report.removed_altloc_atoms = 0
+    report.conformers.insert(0, "%s kept, each prepared on its own (charges and"
+                             " protonation below are those of %s)"
+                             % (", ".join(letters), letters[0]))
+    report.seconds = time.perf_counter() - t0
+    if log is not None:
+        report.show(log)
+    return out, report
+
+
+def _in_conformer(atom, rg, conformer_names):
+    """True for a heavy atom named in `conformer_names` and for an H whose
+    nearest heavy atom of the residue is one."""
+    if chemistry._element(atom) not in ("H", "D"):
+        return atom.name.strip() in conformer_names
+    heavy = [a for a in rg.atoms() if chemistry._element(a) not in ("H", "D")]
+    if not heavy:
+        return False
+    d = [atom.distance(a) for a in heavy]
+    return heavy[int(np.argmin(d))].name.strip() in conformer_names
 
 
 def _charge_report(root, report):
@@ -623,7 +786,7 @@ def _charge_report(root, report):
 
 
 def prepare_file(path, ph=7.0, add_missing_atoms=True, ligands="ccd", log=None,
-                 dictionaries=None):
+                 dictionaries=None, altlocs="one"):
     """Read a PDB/mmCIF file and prepare it; returns (hierarchy, symmetry, report)."""
     try:
         pdb_inp = iotbx.pdb.input(file_name=str(path))
@@ -633,5 +796,5 @@ def prepare_file(path, ph=7.0, add_missing_atoms=True, ligands="ccd", log=None,
     cs = pdb_inp.crystal_symmetry()
     new, report = prepare_hierarchy(hierarchy, crystal_symmetry=cs, ph=ph,
                                     add_missing_atoms=add_missing_atoms, ligands=ligands,
-                                    log=log, dictionaries=dictionaries)
+                                    log=log, dictionaries=dictionaries, altlocs=altlocs)
     return new, cs, report

@@ -3,6 +3,7 @@
 from libtbx.program_template import ProgramTemplate
 from libtbx.utils import Sorry
 
+from qr_phenix import chemistry
 from qr_phenix import fragments_check
 
 
@@ -45,9 +46,7 @@ Usage:
         from qr_phenix.restraints_manager import engine_settings_from_params
         model = self.data_manager.get_model()
         hierarchy = model.get_hierarchy()
-        if any(ag.altloc.strip() for ag in hierarchy.atom_groups()):
-            raise Sorry("The model has alternative conformations; keep one conformer"
-                        " before checking fragments.")
+        chemistry.check_single_conformer(hierarchy, "fragment checks")
         p = self.params.fragments_check
         settings = engine_settings_from_params(self.params, 0, 1)
         settings = fragment_solvent(settings, self.params.fragments_check.solvent, self.logger)

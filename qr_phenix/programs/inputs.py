@@ -53,3 +53,13 @@ def check_crystal_symmetry(model, name, data_names, data_symmetry=None):
     raise Sorry("The model %s has no crystal symmetry (no CRYST1 record, or no cell in"
                 " the mmCIF), which X-ray refinement needs. Add the CRYST1 record of the"
                 " crystal the data were measured from%s." % (name, hint))
+
+
+def check_occupancies(model, name):
+    """A model whose atoms all have occupancy 0 scatters nothing: no scale
+    to the data exists."""
+    occ = model.get_hierarchy().atoms().extract_occ()
+    if occ.size() and (occ > 0).count(True) == 0:
+        raise Sorry("Every atom of %s has occupancy 0, so the model contributes nothing to"
+                    " the calculated data. Set the occupancies (1.0 for a single"
+                    " conformer) before refinement against data." % name)

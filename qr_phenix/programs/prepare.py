@@ -19,6 +19,12 @@ prepare
   add_missing_atoms = True
     .type = bool
     .help = "Rebuild missing heavy atoms of standard residues (side chains, OXT)"
+  altlocs = *one keep
+    .type = choice
+    .help = "one: keep the conformer of highest occupancy (its atoms get \
+             occupancy 1), as QM restraints need; keep: keep every conformer, \
+             each prepared on its own (for library refinement, \
+             qm_restraints.restraints=cctbx)"
   ligands = *ccd keep
     .type = choice
     .help = "ccd: add ligand hydrogens from the Chemical Component Dictionary; \
@@ -28,7 +34,9 @@ output
 {
   file_name = None
     .type = str
-    .help = "Output model; default <input>_prepared.pdb (.cif for large models). \
+    .help = "Output model; default <input>_prepared.pdb. A .cif name writes mmCIF; \
+             a model that does not fit PDB format (chain ids longer than 2 \
+             characters, too many atoms) is written as mmCIF (.cif) only. \
              (str, not path: the cli parser reads existing path values as input)"
   overwrite = False
     .type = bool
@@ -39,14 +47,18 @@ output
 class Program(ProgramTemplate):
 
     description = """
-qr.prepare: make a model ready for QM restraints: keep one conformer, rebuild
+qr.prepare: make a model ready for QM restraints: keep one conformer (or all,
+with altlocs=keep, for library refinement), keep occupancies, rebuild
 missing side-chain atoms, add every hydrogen (protein and water with PDBFixer
 /OpenMM at the given pH, ligands from the Chemical Component Dictionary with
 hydride, or from the ligand's restraint dictionary when one is given), and
 report the total charge and protonation choices.
 
 Usage:
-  python -m qr_phenix.prepare model.pdb [ligand.cif] [ph=7.0] [output.file_name=out.pdb]
+  python -m qr_phenix.prepare model.pdb [ligand.cif] [ph=7.0] [altlocs=one|keep]
+                             [output.file_name=out.pdb]
+Models that do not fit PDB format (chain ids longer than 2 characters, too
+many atoms) are written as mmCIF (.cif).
 """
 
     datatypes = ["model", "phil", "restraint"]
@@ -74,6 +86,19 @@ Usage:
         base = os.path.splitext(os.path.basename(self.data_manager.get_default_model_name()))[0]
         return base + "_prepared.pdb"
 
+    def output_format(self, hierarchy):
+        """(file name, note): a .pdb name becomes .cif when the model does not
+        fit PDB format (chain ids longer than 2 characters, too many atoms)."""
+        out = self.output_file_name()
+        if out.endswith(".pdb") and not hierarchy.fits_in_pdb_format():
+            out = out[:-4] + ".cif"
+            if os.path.exists(out) and not self.params.output.overwrite:
+                raise Sorry("%s exists; use output.overwrite=True or another"
+                            " output.file_name." % out)
+            return out, (" (mmCIF only: the model does not fit PDB format, chain ids"
+                         " longer than 2 characters or too many atoms)")
+        return out, ""
+
     def ligand_dictionaries(self):
         """{residue name: (cif block, file name)} from the restraint files given."""
         from qr_phenix.preparation.ligands import dictionary_components
@@ -97,14 +122,17 @@ Usage:
         hierarchy, report = prepare_hierarchy(
             model.get_hierarchy(), crystal_symmetry=model.crystal_symmetry(), ph=p.ph,
             add_missing_atoms=p.add_missing_atoms, ligands=p.ligands, log=self.logger,
+            altlocs=p.altlocs,
             dictionaries=self.ligand_dictionaries())
-        out = self.output_file_name()
-        text = hierarchy.as_pdb_or_mmcif_string(crystal_symmetry=model.crystal_symmetry())
-        if text.lstrip().startswith("data_") and out.endswith(".pdb"):
-            out = out[:-4] + ".cif"  # too large for PDB format
+        out, why = self.output_format(hierarchy)
+        cs = model.crystal_symmetry()
+        if out.endswith((".cif", ".mmcif")):
+            text = hierarchy.as_mmcif_string(crystal_symmetry=cs)
+        else:
+            text = hierarchy.as_pdb_string(crystal_symmetry=cs)
         with open(out, "w") as f:
             f.write(text)
-        print("Wrote %s" % out, file=self.logger)
+        print("Wrote %s%s" % (out, why), file=self.logger)
         self.results = dict(file_name=out, report=report, total_charge=report.total_charge,
                             n_atoms=report.n_atoms_out)
 

@@ -68,7 +68,8 @@ output
 {
   prefix = None
     .type = str
-    .help = "Output name prefix (default: <model>_refined); writes .pdb .cif .log .json"
+    .help = "Output name prefix (default: <model>_refined); writes .pdb .cif .log \
+             .json (no .pdb when the model does not fit PDB format)"
   overwrite = False
     .type = bool
   resume = False
@@ -76,6 +77,11 @@ output
     .help = "Continue from <prefix>.checkpoint.json after an interruption"
 }
 """ % (weights_mod.master_phil_str, adp_mod.master_phil_str, stages.master_phil_str)
+
+
+NO_FREE_FLAGS = ("The reflection data have no usable free-R flags (no test reflections)."
+                 " Give the file with the flags used before as well or, if the model was"
+                 " never refined against these data, add xray_data.r_free_flags.generate=True.")
 
 
 class Program(ProgramTemplate):
@@ -124,6 +130,8 @@ Outputs <prefix>.pdb, .cif, .log, .json; a checkpoint after every macro-cycle
         if mode == "xray":
             inputs.check_crystal_symmetry(dm.get_model(), dm.get_default_model_name(),
                                           dm.get_miller_array_names(), self._data_symmetry())
+        if mode in ("xray", "real_space"):
+            inputs.check_occupancies(dm.get_model(), dm.get_default_model_name())
         if mode == "real_space":
             if not has_map:
                 raise Sorry("refinement.mode=real_space needs a map file (CCP4/MRC).")
@@ -248,14 +256,25 @@ Outputs <prefix>.pdb, .cif, .log, .json; a checkpoint after every macro-cycle
         # ions with an empty element column: calcium, not carbon, for cctbx and QM
         from qr_phenix.chemistry import fill_ion_elements
         fill_ion_elements(model_in.get_hierarchy())
+        if quantum:  # before any library stage
+            from qr_phenix.chemistry import check_single_conformer
+            check_single_conformer(model_in.get_hierarchy())
         if self.mode == "real_space":
             model_in = self._map_model(model_in)
         # residues without a dictionary are accepted when QM covers them
         # physical units throughout (no division by the number of restraints)
         # ligand dictionaries given on the command line (restraint CIFs)
         restraint_objects = [(r, dm.get_restraint(r)) for r in dm.get_restraint_names()]
-        model = process_model(model_in, stop_for_unknowns=not quantum, log=null_out(),
-                              grm_normalization=False, restraint_objects=restraint_objects)
+        try:
+            model = process_model(model_in, stop_for_unknowns=not quantum, log=null_out(),
+                                  grm_normalization=False,
+                                  restraint_objects=restraint_objects)
+        except Sorry as e:
+            if "not covered by the restraints library" not in str(e):
+                raise
+            raise Sorry("%s Give their CIF dictionary on the command line (qr.refine model"
+                        " data ligand.cif), or use QM restraints (qm_restraints.restraints="
+                        "qm), which cover residues without one." % str(e).splitlines()[0])
         for resname, text in sorted(
                 getattr(model, "qr_phenix_generated_dictionaries", {}).items()):
             path = "%s_%s.cif" % (self.prefix, resname)
@@ -396,6 +415,8 @@ Outputs <prefix>.pdb, .cif, .log, .json; a checkpoint after every macro-cycle
         try:
             probe = dm.get_fmodel(scattering_table=table)
         except Sorry as e:
+            if "R-free flags" in str(e) and "Multiple" not in str(e):
+                raise Sorry(NO_FREE_FLAGS)
             if "Multiple" not in str(e):
                 raise
             labels = [l for name in dm.get_miller_array_names()
@@ -416,9 +437,7 @@ Outputs <prefix>.pdb, .cif, .log, .json; a checkpoint after every macro-cycle
                             ", ".join(dm.get_miller_array_names()),
                             "%.2f %.2f %.2f %.1f %.1f %.1f" % f_obs.unit_cell().parameters()))
         if flags is None or flags.data().count(True) == 0:
-            raise Sorry("The reflection data have no usable free-R flags (no test"
-                        " reflections). Add them (phenix.reflection_file_editor or"
-                        " cctbx: r_free_flags generation) before refinement.")
+            raise Sorry(NO_FREE_FLAGS)
         if flags.data().count(True) == flags.size():
             raise Sorry("All reflections are flagged as free-R test reflections: the free-R"
                         " flag convention is probably inverted. Set the flag value with"
@@ -455,10 +474,12 @@ Outputs <prefix>.pdb, .cif, .log, .json; a checkpoint after every macro-cycle
         if out.shift_cart() is not None:
             out._shift_back(hierarchy)
         cs = out.unit_cell_crystal_symmetry() or out.crystal_symmetry()
-        pdb_text = hierarchy.as_pdb_string(crystal_symmetry=cs)
-        cif_text = hierarchy.as_mmcif_string(crystal_symmetry=cs)
-        atomic_write(prefix + ".pdb", pdb_text)
-        atomic_write(prefix + ".cif", cif_text)
+        # a model that does not fit PDB format (chain ids longer than 2
+        # characters, too many atoms) is written as mmCIF only
+        pdb_ok = hierarchy.fits_in_pdb_format()
+        if pdb_ok:
+            atomic_write(prefix + ".pdb", hierarchy.as_pdb_string(crystal_symmetry=cs))
+        atomic_write(prefix + ".cif", hierarchy.as_mmcif_string(crystal_symmetry=cs))
         calls, seconds = engine_counters(model)
         wall = time.perf_counter() - t_start
         s, f = result.start, result.final
@@ -483,7 +504,12 @@ Outputs <prefix>.pdb, .cif, .log, .json; a checkpoint after every macro-cycle
             if st.hbonds:
                 print("  %-6s %s" % (label, validation.HBondResult(**st.hbonds).summary()),
                       file=log)
-        print("Wrote %s.pdb, %s.cif, %s.json, %s.log" % ((prefix,) * 4), file=log)
+        if pdb_ok:
+            print("Wrote %s.pdb, %s.cif, %s.json, %s.log" % ((prefix,) * 4), file=log)
+        else:
+            print("Wrote %s.cif, %s.json, %s.log (mmCIF only: the model does not fit PDB"
+                  " format, chain ids longer than 2 characters or too many atoms)"
+                  % ((prefix,) * 3), file=log)
         self.results = {
             "program": "qr_phenix.refine",
             "version": qr_phenix.__version__,
@@ -507,7 +533,7 @@ Outputs <prefix>.pdb, .cif, .log, .json; a checkpoint after every macro-cycle
                                for e, t in self.reporter.estimates] if self.reporter else [],
             "data": self._data_summary(),
             "wall_seconds": wall,
-            "outputs": {"pdb": os.path.abspath(prefix + ".pdb"),
+            "outputs": {"pdb": os.path.abspath(prefix + ".pdb") if pdb_ok else None,
                         "cif": os.path.abspath(prefix + ".cif"),
                         "log": os.path.abspath(prefix + ".log")},
             "parameters": self.master_phil.format(python_object=self.params).as_str(),
