@@ -438,6 +438,15 @@ def _expected_carbon_hydrogens(resname):
     return result
 
 
+def check_single_conformer(hierarchy):
+    """Sorry for a model with alternative conformations: a QM energy is the
+    energy of one molecule, so the model must hold exactly one conformer."""
+    if any(ag.altloc.strip() for ag in hierarchy.atom_groups()):
+        raise Sorry("The model has alternative conformations; QM restraints need a single"
+                    " conformer. Remove altlocs (keep one, e.g. python -m qr_phenix.prepare)"
+                    " before quantum refinement.")
+
+
 def check_hydrogens(hierarchy, selection=None, use_library=True):
     """Raise Sorry naming the residues (in the selection) that lack hydrogens."""
     problems = []

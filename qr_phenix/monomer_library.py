@@ -952,6 +952,11 @@ def library_bonds(model):
     return pairs, ideal
 
 
+def library_bond_pairs(model):
+    """The library's bonded atom pairs (i, j) of a processed model, as tuples."""
+    return [tuple(p) for p in library_bonds(model)[0]]
+
+
 def process_model(model_or_path, crystal_symmetry=None, stop_for_unknowns=True,
                   nuclear=False, log=None, pdb_interpretation_overrides=None,
                   grm_normalization=True, restraint_objects=None):

@@ -1,8 +1,6 @@
 """Preparation and charge rules: chain breaks, determinism, metal sites,
 partial QM selections, ligands without hydrogens, special positions."""
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
@@ -11,7 +9,8 @@ from libtbx.utils import null_out
 
 from qr_phenix import chemistry
 
-DATA = Path(__file__).resolve().parent / "data"
+from paths import TEST_DATA as DATA
+
 #: 1us0 A26-35 (QVTEAVKVAI), heavy atoms, first conformer
 PEPTIDE = DATA / "1us0_A26_35.pdb"
 

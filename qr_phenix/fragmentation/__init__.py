@@ -15,7 +15,9 @@ import numpy as np
 from libtbx import Auto
 from libtbx.utils import Sorry
 
-from qr_phenix.monomer_library import library_bonds
+from qr_phenix import chemistry
+from qr_phenix.engines.settings import engine_settings_from_params
+from qr_phenix.monomer_library import library_bond_pairs
 
 master_phil_str = """
 fragments
@@ -106,11 +108,6 @@ def fragments_enabled(fragment_params, n_atoms, qm_selection=None):
     return bool(enabled)
 
 
-def library_bond_pairs(model):
-    """(i, j) of the library's bond restraints (links included)."""
-    return [tuple(p) for p in library_bonds(model)[0]]
-
-
 def fragment_solvent(settings, solvent, log=sys.stdout):
     """Settings with the fragments' implicit solvent, unless the engine options
     already name one, the engine has none, or solvent is None."""
@@ -136,7 +133,6 @@ def build_fragment_evaluator(model, qm_params, fragment_params, parallel_params,
     """
     from qr_phenix.fragmentation.evaluator import FragmentEvaluator
     from qr_phenix.fragmentation.parallel import make_executor
-    from qr_phenix.restraints_manager import engine_settings_from_params
     if getattr(qm_params, "selection", None) is not None:
         raise Sorry("fragments.enabled=True needs whole-model QM: unset"
                     " qm_restraints.selection, or set fragments.enabled=False.")
@@ -147,9 +143,7 @@ def build_fragment_evaluator(model, qm_params, fragment_params, parallel_params,
         print("  fragments: qm_restraints.charge=%s is ignored; each fragment's charge"
               " comes from its residues" % qm_params.charge, file=log)
     hierarchy = model.get_hierarchy()
-    if any(ag.altloc.strip() for ag in hierarchy.atom_groups()):
-        raise Sorry("The model has alternative conformations; QM restraints need a single"
-                    " conformer. Remove altlocs (keep one) before quantum refinement.")
+    chemistry.check_single_conformer(hierarchy)
     p = fragment_params
     if p.core_size < 1 or p.buffer_radius < 0 or p.rebuild_displacement <= 0:
         raise Sorry("fragments: core_size must be >= 1, buffer_radius >= 0 and"

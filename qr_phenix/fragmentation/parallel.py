@@ -29,6 +29,7 @@ from typing import Optional, Tuple
 
 import numpy as np
 
+from qr_phenix.engines import make_calculator
 from qr_phenix.engines.base import EngineError, EngineSettings
 
 
@@ -54,19 +55,6 @@ def _set_thread_environment(threads):
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     os.environ.setdefault("OPENBLAS_NUM_THREADS", str(max(1, int(threads))))
     os.environ.setdefault("MKL_NUM_THREADS", str(max(1, int(threads))))
-
-
-def make_calculator(settings):
-    """The engine registry's factory (qr_phenix.engines.make_calculator)."""
-    try:
-        from qr_phenix.engines import make_calculator as factory
-    except ImportError:
-        # registry not importable: the in-process xTB engines still are
-        from qr_phenix.engines import tblite
-        if settings.name not in tblite.METHODS:
-            raise
-        factory = tblite.factory(settings.name)
-    return factory(settings)
 
 
 def _calculator(job, fresh=False):
