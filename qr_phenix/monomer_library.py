@@ -58,6 +58,8 @@ from pathlib import Path
 
 from libtbx.utils import Sorry, null_out
 
+from qr_phenix.residue_names import STANDARD_AMINO_ACIDS
+
 WHEEL_PACKAGE = "coot-headless-api"
 WHEEL_MONOMER_DIR = "coot_headless_api/share/coot/lib/data/monomers/"
 ENV_LIB = "MMTBX_CCP4_MONOMER_LIB"
@@ -72,11 +74,6 @@ EXTRACT_STAMP = ".qr_phenix_source.json"
 # Above this many dictionaries only the amino acids get the neutron column
 # (a full CCP4 library has ~40000 files); the rest is done at run time.
 NEUTRON_ALL_LIMIT = 5000
-
-AMINO_ACIDS = (
-    "ALA", "ARG", "ASN", "ASP", "CYS", "GLN", "GLU", "GLY", "HIS", "ILE",
-    "LEU", "LYS", "MET", "MSE", "PHE", "PRO", "SER", "THR", "TRP", "TYR",
-    "VAL")
 
 # Tags (after the category dot) that hold atom names.
 _ATOM_ID_TAGS = frozenset((
@@ -473,7 +470,7 @@ def patch_list_text(text, neutron=True):
                 n: aa_renames(link_loop["_chem_link.comp_id_" + n][i])
                 for n in ("1", "2")
                 if link_loop["_chem_link.comp_id_" + n][i].upper()
-                in AMINO_ACIDS}
+                in STANDARD_AMINO_ACIDS}
     wanted = [mod_id for mod_id in _MOD_CIF
               if mod_id not in mod_comp or mod_id in _MODS_ALWAYS_REPLACED]
     extra = mods_cif_model(wanted, neutron=neutron)
@@ -490,7 +487,7 @@ def patch_list_text(text, neutron=True):
                 block = block_text(name, extra[name])
             else:
                 comp_id = mod_comp.get(mod_id, ".").upper()
-                renames = aa_renames(comp_id) if comp_id in AMINO_ACIDS else {}
+                renames = aa_renames(comp_id) if comp_id in STANDARD_AMINO_ACIDS else {}
                 if renames or (neutron and "value_dist_nucleus" in block):
                     _, parsed = _read_block(block)
                     _patch_mod_block(parsed, renames, neutron)
@@ -671,10 +668,10 @@ def build_overlay(source, dest, log=None):
     try:
         cif_files = [p for p in source.glob("*/*.cif")]
         neutron_all = len(cif_files) <= NEUTRON_ALL_LIMIT
-        patched_folders = {"list"} | {aa[0].lower() for aa in AMINO_ACIDS}
+        patched_folders = {"list"} | {aa[0].lower() for aa in STANDARD_AMINO_ACIDS}
         if neutron_all:
             patched_folders |= {p.parent.name for p in cif_files}
-        aa_files = {comp_file(source, aa) for aa in AMINO_ACIDS} - {None}
+        aa_files = {comp_file(source, aa) for aa in STANDARD_AMINO_ACIDS} - {None}
         n_patched = 0
         for entry in sorted(source.iterdir()):
             if entry.name in (OVERLAY_STAMP, EXTRACT_STAMP):
@@ -867,7 +864,7 @@ def restraint_objects_for(hierarchy, nuclear=False, library=None):
         patched_names = not needs_patch(library) if is_library(library) \
             else False
         for resname in residues:
-            if not (nuclear or resname in AMINO_ACIDS):
+            if not (nuclear or resname in STANDARD_AMINO_ACIDS):
                 continue
             path = comp_file(library, resname)
             if path is None:

@@ -20,6 +20,8 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from typing import List
 
+from qr_phenix.threads import child_environment
+
 #: method -> qr.refine arguments; one protocol for all, weights by the program
 METHODS = {
     "cctbx": ["qm_restraints.restraints=cctbx"],
@@ -83,10 +85,7 @@ class Job:
 
 
 def child_env():
-    env = dict(os.environ)
-    env.update(OMP_NUM_THREADS="1", OMP_WAIT_POLICY="PASSIVE",
-               OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    return env
+    return child_environment(1)
 
 
 def run_job(job, timeout=None):

@@ -24,6 +24,7 @@ from libtbx.utils import Sorry
 from qr_phenix.benchmark import data as data_mod
 from qr_phenix.benchmark import jobs as jobs_mod
 from qr_phenix.benchmark import metrics, perturb, published, reference, report
+from qr_phenix.files import atomic_write
 
 QUICK = dict(methods=["cctbx", "gfn2"], doses=[0.3, 1.5], models_per_dose=2)
 
@@ -200,9 +201,7 @@ def prepare_starts(params, ref_path, out, log):
                     perturber = perturb.Perturber(ref_path, temperature=params.md_temperature)
                 seed = perturb.seed_for(dose, i, params.md_seed)
                 text, rec = perturber.run(dose, seed)
-                with open(path + ".tmp", "w") as f:
-                    f.write(text)
-                os.replace(path + ".tmp", path)
+                atomic_write(path, text)
                 records[name] = rec.as_dict()
                 if not rec.reached:
                     _log(log, "  warning: %s stopped at %d MD steps with mean shift %.3f A"

@@ -22,7 +22,6 @@ Threads and BLAS (measured on this project's 2-core VM, tblite 0.8.0 wheel):
 import collections
 import ctypes
 import logging
-import os
 
 import numpy as np
 
@@ -30,6 +29,7 @@ from qr_phenix import units
 from qr_phenix.engines._common import (
     DISTORTED_GEOMETRY_HINT, EngineCalculator, close_contacts, tail)
 from qr_phenix.engines.base import EngineError, EngineUnavailable
+from qr_phenix.threads import set_process_threads
 
 log = logging.getLogger(__name__)
 
@@ -71,8 +71,7 @@ def _load(threads):
     if _interface is not None:
         return _interface
     # Read by libgomp when it is first loaded; per-call pinning is below.
-    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, int(threads))))
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    set_process_threads(threads)
     _preload_blas()
     try:
         from tblite import interface

@@ -31,6 +31,7 @@ import numpy as np
 
 from qr_phenix.engines import make_calculator
 from qr_phenix.engines.base import EngineError, EngineSettings
+from qr_phenix.threads import set_process_threads, thread_variables
 
 
 @dataclass
@@ -47,14 +48,6 @@ class FragmentJob:
 
 _CALCULATORS = collections.OrderedDict()
 _CACHE_SIZE = 1024
-
-
-def _set_thread_environment(threads):
-    # must happen before an engine library (OpenMP) is first loaded
-    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, int(threads))))
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    os.environ.setdefault("OPENBLAS_NUM_THREADS", str(max(1, int(threads))))
-    os.environ.setdefault("MKL_NUM_THREADS", str(max(1, int(threads))))
 
 
 def _calculator(job, fresh=False):
@@ -86,7 +79,7 @@ def _maybe_fail(job):
 
 def run_job(job, fresh=False):
     """Worker entry point: (energy kcal/mol, gradient (k,3) kcal/mol/A, seconds)."""
-    _set_thread_environment(job.settings.threads)
+    set_process_threads(job.settings.threads)
     from qr_phenix.engines.base import energy_and_gradient
     _maybe_fail(job)
     t0 = time.perf_counter()
@@ -139,7 +132,7 @@ class SerialExecutor:
 
 def _worker_loop(conn, threads):
     """A pool worker: run (job, fresh) messages until None or the pipe closes."""
-    _set_thread_environment(threads)
+    set_process_threads(threads)
     while True:
         try:
             message = conn.recv()
@@ -359,8 +352,7 @@ class DaskExecutor:
         if client is not None:
             self.client = client
         elif scheduler in (None, "", "local"):
-            env = {"OMP_NUM_THREADS": str(self.threads), "OMP_WAIT_POLICY": "PASSIVE",
-                   "OPENBLAS_NUM_THREADS": str(self.threads)}
+            env = thread_variables(self.threads)
             # one task per worker process; the engine threads come from env
             self._cluster = distributed.LocalCluster(
                 n_workers=max(1, int(nproc)), threads_per_worker=1, processes=True,

@@ -144,7 +144,7 @@ def _remove_clashing_waters(h, report, crystal_symmetry=None, cutoff=2.2):
 
 
 #: X-H distances (A) used to normalise hydrogens after placement
-XH_DISTANCE = {"C": 1.09, "N": 1.01, "O": 0.96, "S": 1.34, "P": 1.42, "Se": 1.47}
+XH_DISTANCE = chemistry.XH_DISTANCE
 
 
 def normalize_hydrogens(h, tolerance=0.01):
