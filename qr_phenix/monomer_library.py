@@ -7,7 +7,7 @@ when mmtbx finds it. Otherwise we use the CCP4 (acedrg) library, taken from the
 extracted; coot itself is never imported).
 
 The CCP4 library does not work with mmtbx for hydrogenated proteins as is
-(see ../shared/NOTES.md section 1):
+(mmtbx's pdb_interpretation, cctbx-base 2025.11):
 
 * mmtbx maps PDB-v3 CH2 hydrogen names onto old mon_lib names (GLY HA2/HA3 ->
   HA1/HA2), the acedrg dictionaries use HA2/HA3, so every CH2 group clashes;

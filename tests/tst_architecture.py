@@ -181,3 +181,15 @@ def test_engine_options_are_the_engine_settings_fields():
     options = iotbx.phil.parse(ENGINE_OPTIONS_PHIL).objects[0].objects
     fields = [f.name for f in dataclasses.fields(EngineSettings) if f.name not in FROM_THE_MODEL]
     assert sorted(o.name for o in options) == sorted(fields)
+
+
+def test_comments_point_into_the_repository():
+    # the project's notes file lives outside the repository: state the fact,
+    # or point into docs/
+    outside = "NO" + "TES"
+    hits = ["%s:%d" % (path.relative_to(PACKAGE_DIR.parent), number)
+            for folder in (PACKAGE_DIR, PACKAGE_DIR.parent / "docs")
+            for path in sorted(folder.rglob("*")) if path.suffix in (".py", ".md")
+            for number, line in enumerate(path.read_text().splitlines(), 1)
+            if outside in line]
+    assert not hits, "references to a file outside the repository: %s" % hits

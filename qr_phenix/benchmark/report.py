@@ -105,7 +105,7 @@ def table(results):
 def write_markdown(results, path, figures):
     r = results
     out = ["# 1us0 polyglycine helix benchmark", ""]
-    out.append("Protocol (NOTES 8): reference %s; data %d reflections %.2f-%.2f A, %d free,"
+    out.append("Protocol (docs/benchmark_1us0.md): reference %s; data %d reflections %.2f-%.2f A, %d free,"
                " %.0f %% error, seed %d; starts: cctbx restraints MD at %.0f K to a mean shift"
                " equal to the dose, %d models per dose; refinement: `python -m qr_phenix.refine"
                " ... refinement.bulk_solvent=False`, weights chosen by the program." % (

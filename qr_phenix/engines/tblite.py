@@ -10,7 +10,7 @@ Threads and BLAS (measured on this project's 2-core VM, tblite 0.8.0 wheel):
   what happened.  QR_PHENIX_TBLITE_BLAS=/path/lib.so picks another library,
   =none disables.
 * More than one OpenMP thread gives WRONG energies with the tblite 0.8.0
-  wheel (NOTES.md; reproduced here inside the test suite: -171.378 instead of
+  wheel on some machines (reproduced here inside the test suite: -171.378 instead of
   -171.681 Eh for the helix with 2 threads, while the same call alone was
   right).  tblite therefore always runs on 1 thread; settings.threads > 1 is
   ignored with a warning (parallelism comes from processes: fragments,
