@@ -21,9 +21,9 @@ LAYERS = [
     ("foundation", ["qr_phenix", "qr_phenix.units", "qr_phenix.files",
                     "qr_phenix.threads", "qr_phenix.residue_names"]),
     # facts about a model: the monomer library and CCD dictionaries, charge and
-    # hydrogen chemistry, QM regions with their caps
+    # hydrogen chemistry, charged groups and symmetry copies, QM regions with caps
     ("model", ["qr_phenix.monomer_library", "qr_phenix.ccd_dictionary",
-               "qr_phenix.chemistry", "qr_phenix.qm_region"]),
+               "qr_phenix.chemistry", "qr_phenix.chemical_groups", "qr_phenix.qm_region"]),
     # quantum engines (ASE calculators), their registry and settings
     ("engines", ["qr_phenix.engines"]),
     # QM restraints for cctbx, whole model, selection or fragments

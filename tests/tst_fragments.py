@@ -155,7 +155,7 @@ def test_full_1us0_partition_fast_with_symmetry_neighbours(prepared_1us0):
 
 
 def test_group_units_cut_single_bonds_and_keep_charges(prepared_1us0):
-    from qr_phenix.fragmentation.partition import model_units
+    from qr_phenix.chemical_groups import model_units
     h, _ = prepared_1us0
     residues = model_units(h, split_residues=False)
     groups = model_units(h, split_residues=True)

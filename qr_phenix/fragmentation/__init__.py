@@ -1,8 +1,10 @@
 """Fragment-based QM restraints for large models.
 
-partition.py  cores (clusters of chemical groups), buffers, caps, charges, symmetry images
+partition.py  cores (clusters of chemical groups), buffers, caps; the groups, their
+              charges and symmetry images come from qr_phenix/chemical_groups.py
 evaluator.py  FragmentEvaluator: the restraints manager's evaluator contract
 parallel.py   serial / process pool / Dask execution with retries
+check.py      accuracy and cost of fragments against whole-model QM (qr.fragments_check)
 
 The PHIL scopes below go into a program next to `qm_restraints`:
 

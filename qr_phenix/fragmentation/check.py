@@ -24,12 +24,12 @@ import numpy as np
 from libtbx.utils import Sorry
 
 from qr_phenix import chemistry
+from qr_phenix.chemical_groups import model_units
 from qr_phenix.engines import make_calculator
 from qr_phenix.engines.base import energy_and_gradient
 from qr_phenix.engines.settings import ENGINE_OPTIONS_PHIL, engine_phil_str
 from qr_phenix.fragmentation.evaluator import FragmentEvaluator
 from qr_phenix.fragmentation.parallel import SerialExecutor
-from qr_phenix.fragmentation.partition import model_units
 
 
 def _sub_phil(master_str, scope_path, names):

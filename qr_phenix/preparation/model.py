@@ -100,7 +100,7 @@ def _remove_clashing_waters(h, report, crystal_symmetry=None, cutoff=2.2):
     model or a symmetry copy) are leftovers of another conformer: no sane
     hydrogens exist for them.  Of two clashing waters the first is kept."""
     from scipy.spatial import cKDTree
-    from qr_phenix.fragmentation.partition import Unit, symmetry_images
+    from qr_phenix.chemical_groups import Unit, symmetry_images
     atoms = h.atoms()
     atoms.reset_i_seq()
     xyz = np.array(atoms.extract_xyz())
@@ -608,7 +608,7 @@ def prepare_hierarchy(hierarchy, crystal_symmetry=None, ph=7.0, add_missing_atom
 
 
 def _charge_report(root, report):
-    from qr_phenix.fragmentation.partition import model_units
+    from qr_phenix.chemical_groups import model_units
     units = model_units(root)
     report.total_charge = int(sum(u.charge for u in units))
     report.charged_residues = ["%s %+d" % (u.label, u.charge) for u in units if u.charge]
