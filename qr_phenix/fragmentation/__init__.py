@@ -21,7 +21,7 @@ from qr_phenix import chemistry
 from qr_phenix.engines.settings import engine_settings_from_params
 from qr_phenix.monomer_library import library_bond_pairs
 
-master_phil_str = """
+FRAGMENTS_PHIL = """
 fragments
   .short_caption = QM fragmentation
   .help = "Split a large model into overlapping fragments (core + buffer) for \
@@ -80,6 +80,10 @@ fragments
     .type = int
     .help = "Times a failed fragment calculation (or a lost worker) is re-run"
 }
+"""
+
+#: the `parallel` scope alone, for programs that run fragments without refining
+PARALLEL_PHIL = """
 parallel
   .short_caption = Parallel execution
 {
@@ -100,6 +104,8 @@ parallel
     .short_caption = Threads per worker
 }
 """
+
+master_phil_str = FRAGMENTS_PHIL + PARALLEL_PHIL
 
 
 def fragments_enabled(fragment_params, n_atoms, qm_selection=None):

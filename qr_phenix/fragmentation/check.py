@@ -28,24 +28,13 @@ from qr_phenix.chemical_groups import model_units
 from qr_phenix.engines import make_calculator
 from qr_phenix.engines.base import energy_and_gradient
 from qr_phenix.engines.settings import ENGINE_OPTIONS_PHIL, engine_phil_str
+from qr_phenix.fragmentation import PARALLEL_PHIL
 from qr_phenix.fragmentation.evaluator import FragmentEvaluator
 from qr_phenix.fragmentation.parallel import SerialExecutor
 
 
-def _sub_phil(master_str, scope_path, names):
-    """PHIL text of the named objects of a scope of another program's PHIL."""
-    import iotbx.phil
-    scope = iotbx.phil.parse(master_str)
-    for part in scope_path:
-        scope = [o for o in scope.objects if o.name == part][0]
-    return "\n".join(o.as_str(attributes_level=3) for o in scope.objects
-                     if o.name in names)
-
-
 def _master_phil_str():
-    from qr_phenix import fragmentation
     engine = engine_phil_str() + ENGINE_OPTIONS_PHIL
-    parallel = _sub_phil(fragmentation.master_phil_str, [], ("parallel",))
     return """
 fragments_check
   .short_caption = Fragment accuracy check
@@ -79,7 +68,7 @@ fragments_check
 }
 %s
 %s
-""" % (engine, parallel)
+""" % (engine, PARALLEL_PHIL)
 
 
 master_phil_str = _master_phil_str()
