@@ -187,9 +187,12 @@ def test_comments_point_into_the_repository():
     # the project's notes file lives outside the repository: state the fact,
     # or point into docs/
     outside = "NO" + "TES"
-    hits = ["%s:%d" % (path.relative_to(PACKAGE_DIR.parent), number)
-            for folder in (PACKAGE_DIR, PACKAGE_DIR.parent / "docs")
-            for path in sorted(folder.rglob("*")) if path.suffix in (".py", ".md")
+    root = PACKAGE_DIR.parent
+    paths = [root / "README.md"] + [
+        path for folder in ("qr_phenix", "docs", "tests", "benchmarks", "scripts")
+        for path in sorted((root / folder).rglob("*"))
+        if path.suffix in (".py", ".md", ".txt", ".sh")]
+    hits = ["%s:%d" % (path.relative_to(root), number) for path in paths
             for number, line in enumerate(path.read_text().splitlines(), 1)
             if outside in line]
     assert not hits, "references to a file outside the repository: %s" % hits
