@@ -31,7 +31,7 @@ ENV_CLIBD = "CLIBD_MON"
 ENV_DATA = "QR_PHENIX_DATA"
 INSTALL_COMMAND = "python -m qr_phenix.monomer_library"
 
-# Bump when the patches change: existing overlays are then rebuilt.
+# Bump when cif_patches.py changes what it writes: existing overlays are then rebuilt.
 OVERLAY_VERSION = 4
 OVERLAY_STAMP = ".qr_phenix_overlay.json"
 EXTRACT_STAMP = ".qr_phenix_source.json"
