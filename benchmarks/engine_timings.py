@@ -8,7 +8,7 @@ moves every atom by ~0.01 A (like a minimiser step), so in-process engines
 restart from the previous wavefunction as they do in refinement.  The first
 call (set-up, cold SCF) is reported separately; "warm" is the median of the
 rest.  PySCF (hf, dft) is timed on acetamide only: on the helix it takes
-minutes to hours per gradient on 2 cores (NOTES.md section 9).
+minutes to hours per gradient on 2 cores.
 """
 
 import argparse

@@ -18,7 +18,13 @@ import numpy as np
 from ase.data import atomic_numbers
 from libtbx.utils import Sorry
 
+from qr_phenix.residue_names import AMINO_ACIDS
+
 X_H_MAX = 1.3  # A; longest N-H, O-H, C-H of a sane model
+
+#: X-H bond lengths (A, nuclear positions) by element of X: where placed
+#: hydrogens are put and where QM caps sit
+XH_DISTANCE = {"C": 1.09, "N": 1.01, "O": 0.96, "S": 1.34, "P": 1.42, "Se": 1.47}
 S_H_MAX = 1.5  # A; S-H is 1.34 A at nuclear distances
 
 #: formal charges of monatomic ions by residue name
@@ -30,12 +36,6 @@ ION_CHARGES = {
     "F": -1, "CL": -1, "BR": -1, "IOD": -1,
 }
 WATER = {"HOH", "WAT", "H2O", "DOD", "TIP", "TIP3", "SOL"}
-
-AMINO_ACIDS = {
-    "ALA", "ARG", "ASN", "ASP", "CYS", "GLN", "GLU", "GLY", "HIS", "ILE", "LEU",
-    "LYS", "MET", "PHE", "PRO", "SER", "THR", "TRP", "TYR", "VAL", "MSE",
-    "HID", "HIE", "HIP", "ASH", "GLH", "LYN", "CYX", "CYM",
-}
 
 # Titratable side chains: heavy atoms whose H count decides the charge, and
 # charge = h_count - neutral_h_count (so a missing H reads as a charge).

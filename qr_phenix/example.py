@@ -3,7 +3,8 @@
     python -m qr_phenix.example [out_dir] [engine=gfn2] [dose=0.6] [seed=1]
 
 1. builds an ideal 13-residue poly-Gly alpha-helix with all hydrogens (neutral
-   NH2/COOH termini), boxed in P1, B = 80 (the 1us0 study's reference, NOTES 8);
+   NH2/COOH termini), boxed in P1, B = 80 (the 1us0 study's reference,
+   docs/benchmark_1us0.md);
 2. simulates its data: 6-4 A, 10 % free, 5 % random error;
 3. perturbs it by library-restraints MD at 1000 K to a mean shift of `dose`,
    which breaks the helix H-bonds;

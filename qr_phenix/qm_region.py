@@ -38,8 +38,8 @@ from ase.data import atomic_numbers, covalent_radii
 from libtbx.utils import Sorry
 from scipy.spatial import cKDTree
 
-#: A-H distances (A) for caps, by element of the kept atom A
-CAP_DISTANCE = {"C": 1.09, "N": 1.01, "O": 0.96, "S": 1.34, "P": 1.42, "SE": 1.47}
+from qr_phenix.chemistry import XH_DISTANCE
+
 BOND_TOLERANCE = 0.45  # A over the sum of covalent radii for distance-based bonds
 MAX_CUT_SHIFT = 5      # bonds a selection boundary may move outwards (Tyr OH to CB)
 
@@ -194,8 +194,7 @@ def build_region(selection, elements, bonds, log=None) -> QMRegion:
         for j in neighbours.get(i, ()):
             if sel[j]:
                 continue
-            el = elements[i].upper()
-            distance = CAP_DISTANCE.get(el)
+            distance = XH_DISTANCE.get(elements[i].capitalize())
             if distance is None:
                 raise Sorry("The QM selection boundary cuts a bond at a %s atom, which"
                             " cannot be capped with hydrogen; move the boundary to a"

@@ -64,9 +64,11 @@ from scitbx.array_family import flex
 from cctbx import geometry_restraints
 
 from qr_phenix import chemistry
-from qr_phenix.engines import make_calculator, phil_choice
-from qr_phenix.engines.base import EngineSettings, energy_and_gradient
-from qr_phenix.monomer_library import library_bonds
+from qr_phenix.engines import make_calculator
+from qr_phenix.engines.base import energy_and_gradient
+from qr_phenix.engines.settings import (
+    ENGINE_OPTIONS_PHIL, engine_phil_str, engine_settings_from_params)
+from qr_phenix.monomer_library import library_bond_pairs, library_bonds, library_manager
 from qr_phenix.qm_region import build_region, covalent_bonds, move_cuts_to_sp3_carbons
 
 # A line search can try a point where two atoms nearly coincide.  Engines
@@ -105,10 +107,7 @@ restraints = %(restraints)s
   .help = "Source of geometry restraints: the monomer library (cctbx) or a \
            quantum-chemical energy (qm, for the whole model or a selection)"
   .short_caption = Restraints
-engine = %(engines)s
-  .type = choice
-  .help = "Quantum engine (used when restraints=qm)"
-  .short_caption = QM engine
+%(engine)s
 selection = None
   .type = atom_selection
   .help = "QM region; None = whole model. Atoms outside it keep library \
@@ -129,103 +128,21 @@ scale = 1.0
 check_hydrogens = True
   .type = bool
   .help = "Refuse QM regions whose residues lack hydrogens"
-engine_options
-  .help = "Settings passed to the engine; each engine reads the ones it uses"
-{
-  threads = 1
-    .type = int
-    .help = "Threads per engine calculation (OpenMP / BLAS)"
-  solvent = auto
-    .type = str
-    .help = "Implicit solvent for every QM calculation (whole model, selection \
-             and fragments alike): auto = water where the engine has an implicit \
-             solvent model (tblite/xtb: ALPB; MOPAC: COSMO), vacuum otherwise; \
-             None = vacuum; or a solvent name. In vacuum a charged model can \
-             lose CO2 or a proton (226-atom peptide, charge +2, GFN2)"
-  electronic_temperature = 300
-    .type = float
-    .help = "Electronic temperature in K (xTB); raised automatically on SCC failure"
-  max_iterations = 250
-    .type = int
-  mozyme = False
-    .type = bool
-    .help = "MOPAC: linear-scaling localized-orbital SCF (large selections)"
-  basis = def2-svp
-    .type = str
-    .help = "PySCF basis set"
-  xc = b3lyp
-    .type = str
-    .help = "PySCF exchange-correlation functional (engine=dft)"
-  dispersion = d3bj
-    .type = str
-    .help = "PySCF dispersion correction (d3bj, d3zero, d4 or none)"
-  density_fit = True
-    .type = bool
-    .help = "PySCF density fitting (RI-J/K)"
-  calculator = None
-    .type = str
-    .help = "engine=ase: calculator class as package.module:ClassName"
-  calculator_kwargs = None
-    .type = str
-    .help = "engine=ase: keyword arguments as JSON, e.g. {\\"method\\": \\"GFN2-xTB\\"}"
-  model_path = None
-    .type = path
-    .help = "Machine-learned potentials: local weights file (no download at run time)"
-  binary = None
-    .type = path
-    .help = "Path of the engine program (xtb, mopac); default: search PATH"
-  workdir = None
-    .type = path
-    .help = "Scratch directory for file-based engines"
-}
-"""
+%(engine_options)s"""
 
 
 def qm_restraints_phil_str(default_restraints="cctbx"):
     """The `qm_restraints` scope; programs choose the default restraint source
     (cctbx for tools that merely offer QM, qm for qr.refine)."""
     choice = " ".join(("*" if r == default_restraints else "") + r for r in ("cctbx", "qm"))
-    body = _scope_body % {"restraints": choice, "engines": phil_choice()}
+    body = _scope_body % {"restraints": choice, "engine": engine_phil_str(),
+                          "engine_options": ENGINE_OPTIONS_PHIL}
     return "qm_restraints\n  .short_caption = Quantum restraints\n{\n%s\n}\n" % body
 
 
 #: for other cctbx programs: `include scope qr_phenix.restraints_manager.master_phil_str`
 master_phil_str = qm_restraints_phil_str()
 phil_scope = iotbx.phil.parse(master_phil_str)
-
-
-def resolve_solvent(engine, solvent):
-    """'auto' -> 'water' for engines with an implicit solvent model, else None."""
-    if solvent is None or str(solvent).lower() in ("none", "vacuum"):
-        return None
-    if str(solvent).lower() == "auto":
-        from qr_phenix.engines import get_engine
-        return "water" if get_engine(engine).solvation else None
-    return solvent
-
-
-def engine_settings_from_params(params, charge, multiplicity) -> EngineSettings:
-    """PHIL `qm_restraints` extract -> EngineSettings for the engine factory."""
-    import json
-    o = params.engine_options
-    kwargs = {}
-    if o.calculator_kwargs:
-        try:
-            kwargs = json.loads(o.calculator_kwargs)
-        except ValueError as e:
-            raise Sorry("qm_restraints.engine_options.calculator_kwargs is not valid JSON"
-                        " (%s): %s" % (e, o.calculator_kwargs))
-    dispersion = o.dispersion
-    if dispersion is not None and dispersion.lower() in ("none", "off", "false"):
-        dispersion = None
-    return EngineSettings(
-        name=params.engine, charge=charge, multiplicity=multiplicity,
-        threads=o.threads, solvent=resolve_solvent(params.engine, o.solvent),
-        electronic_temperature=o.electronic_temperature,
-        max_iterations=o.max_iterations, mozyme=o.mozyme, basis=o.basis, xc=o.xc,
-        dispersion=dispersion, density_fit=o.density_fit, calculator=o.calculator,
-        calculator_kwargs=kwargs, model_path=o.model_path, binary=o.binary,
-        workdir=o.workdir)
 
 
 class SingleCalculation:
@@ -518,8 +435,7 @@ def model_bonds(model, elements=None):
     sites = np.array(model.get_sites_cart())
     if elements is None:
         elements = [chemistry._element(a) for a in model.get_hierarchy().atoms()]
-    library = [tuple(p) for p in library_bonds(model)[0]]
-    return covalent_bonds(elements, sites, extra_pairs=library)
+    return covalent_bonds(elements, sites, extra_pairs=library_bond_pairs(model))
 
 
 def _atoms_by_residue(hierarchy, i_seqs):
@@ -545,9 +461,7 @@ def build_qm_manager(model, params, log=sys.stdout, fragment_params=None,
     energy of the whole model is assembled from fragments.
     """
     from qr_phenix.engines import ENGINES
-    standard = model.get_restraints_manager().geometry
-    if isinstance(standard, QMRestraintsManager):
-        standard = standard.standard
+    standard = library_manager(model)
     hierarchy = model.get_hierarchy()
     n = hierarchy.atoms_size()
     elements = [chemistry._element(a) for a in hierarchy.atoms()]

@@ -233,11 +233,11 @@ def clashscore(model, nuclear=False, max_list=10, density=16.0, log=None):
     from mmtbx.validation import utils as validation_utils
     from mmtbx.validation.clashscore2 import probe_clashscore_manager
     from scitbx.array_family import flex
-    from qr_phenix.monomer_library import find_or_install_library
+    from qr_phenix.monomer_library import activate_library
     start = time.time()
     excluded, n_excluded = [], 0
     try:
-        find_or_install_library()
+        activate_library()
         model = _processed(model)
         unknown = _unknown_atoms(model)
         keep = None

@@ -36,6 +36,6 @@ def library():
     from libtbx.utils import Sorry
     from qr_phenix import monomer_library as ml
     try:
-        return ml.find_or_install_library()
+        return ml.activate_library()
     except Sorry as e:
         pytest.skip("no monomer library (%s)" % str(e).splitlines()[0])

@@ -120,7 +120,7 @@ def _refine_available():
 @needs_data
 @pytest.mark.skipif(not _refine_available(), reason="qr_phenix.refine not importable")
 def test_quick_mode_end_to_end(tmp_path):
-    from qr_phenix.benchmark import helix_1us0
+    from qr_phenix.benchmark import study
     from qr_phenix.command_line.benchmark import run
     out = tmp_path / "quick"
     args = [str(out), "quick=True", "nproc=2", "entry=%s" % ENTRY,
@@ -170,15 +170,15 @@ def test_quick_mode_end_to_end(tmp_path):
                            else (c["value"] >= c["bar"] if ">=" in c["check"]
                                  else c["value"] > c["bar"]))
     # resumable: a second run refines nothing and gives the same numbers
-    res2 = helix_1us0.run_study(_params(out), log=open(os.devnull, "w"))
+    res2 = study.run_study(_params(out), log=open(os.devnull, "w"))
     assert res2["jobs"]["run_now"] == 0
     assert res2["methods"]["gfn2"]["1.5"]["r_free"] == res["methods"]["gfn2"]["1.5"]["r_free"]
 
 
 def _params(out):
     import iotbx.phil
-    from qr_phenix.benchmark import helix_1us0
-    p = iotbx.phil.parse(helix_1us0.master_phil_str).extract()
+    from qr_phenix.benchmark import study
+    p = iotbx.phil.parse(study.master_phil_str).extract()
     p.output_dir = str(out)
     p.quick = True
     p.nproc = 2

@@ -177,8 +177,8 @@ def test_gfn2_tblite_and_xtb_binary_agree(helix):
 
 
 def test_tblite_threads_give_the_same_energy(helix):
-    # tblite 0.8.0 gives wrong energies with >1 OpenMP thread (NOTES.md, and
-    # seen in this suite), so a request for 2 threads must still run on 1
+    # tblite 0.8.0 gave wrong energies with >1 OpenMP thread on some machines
+    # (seen in this suite), so a request for 2 threads must still run on 1
     symbols, positions = helix
     one = energy_and_gradient(calculator("gfn2", threads=1), symbols, positions)
     two = energy_and_gradient(calculator("gfn2", threads=2), symbols, positions)

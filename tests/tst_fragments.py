@@ -6,10 +6,7 @@ in P21; one gradient, about 40 s on 2 cores); timings are in
 benchmarks/fragments_scaling.py, not here.
 """
 
-import os
 import time
-
-os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import numpy as np
 import pytest
@@ -19,11 +16,12 @@ from paths import ENTRY_1US0 as ENTRY, HELIX_PDB as HELIX
 iotbx_pdb = pytest.importorskip("iotbx.pdb", reason="requires cctbx (iotbx)")
 pytest.importorskip("tblite", reason="requires tblite (GFN2-xTB engine)")
 
+from qr_phenix.engines import make_calculator  # noqa: E402
 from qr_phenix.engines.base import EngineSettings, energy_and_gradient  # noqa: E402
 from qr_phenix.fragmentation import master_phil_str, fragments_enabled  # noqa: E402
 from qr_phenix.fragmentation.evaluator import FragmentEvaluator  # noqa: E402
 from qr_phenix.fragmentation.parallel import (  # noqa: E402
-    ProcessPoolExecutor, SerialExecutor, make_calculator)
+    ProcessPoolExecutor, SerialExecutor)
 from qr_phenix.fragmentation.partition import (  # noqa: E402
     bisect_cores, build_partition, fast_covalent_bonds)
 from qr_phenix.qm_region import covalent_bonds  # noqa: E402
@@ -162,7 +160,7 @@ def test_full_1us0_partition_fast_with_symmetry_neighbours(prepared_1us0):
 
 
 def test_group_units_cut_single_bonds_and_keep_charges(prepared_1us0):
-    from qr_phenix.fragmentation.partition import model_units
+    from qr_phenix.chemical_groups import model_units
     h, _ = prepared_1us0
     residues = model_units(h, split_residues=False)
     groups = model_units(h, split_residues=True)

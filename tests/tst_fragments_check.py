@@ -1,10 +1,5 @@
 """qr.fragments_check: fragment vs whole-model GFN2 gradients on the 94-atom helix."""
 
-import os
-from pathlib import Path
-
-os.environ.setdefault("OMP_NUM_THREADS", "1")
-
 import qr_phenix  # noqa: E402,F401  (first, before cctbx)
 
 import numpy as np  # noqa: E402
@@ -16,17 +11,14 @@ pytest.importorskip("tblite", reason="requires tblite (GFN2-xTB engine)")
 from iotbx.cli_parser import run_program  # noqa: E402
 from libtbx.utils import Sorry, null_out  # noqa: E402
 
-from qr_phenix.fragments_check import parse_sizes  # noqa: E402
+from qr_phenix.fragmentation.check import parse_sizes  # noqa: E402
 from qr_phenix.programs.fragments_check import Program  # noqa: E402
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "1us0"
-HELIX = DATA / "a87_99_h.pdb"
+from paths import HELIX_PDB  # noqa: E402
 
 
 def _helix():
-    if not HELIX.exists():
-        pytest.skip("missing test data (a87_99_h.pdb)")
-    return str(HELIX)
+    return str(HELIX_PDB)
 
 
 def test_parse_sizes():

@@ -55,7 +55,7 @@ def test_1us0_end_to_end(prepared):
 
 def test_charge_column_read_back_as_ligand_charge(prepared):
     import iotbx.pdb
-    from qr_phenix.fragmentation.partition import model_units
+    from qr_phenix.chemical_groups import model_units
     _, out = prepared
     h = iotbx.pdb.input(str(out)).construct_hierarchy()
     units = {u.label: u.charge for u in model_units(h)}

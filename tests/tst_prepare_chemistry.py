@@ -1,8 +1,6 @@
 """Preparation and charge rules: chain breaks, determinism, metal sites,
 partial QM selections, ligands without hydrogens, special positions."""
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
@@ -11,7 +9,8 @@ from libtbx.utils import null_out
 
 from qr_phenix import chemistry
 
-DATA = Path(__file__).resolve().parent / "data"
+from paths import TEST_DATA as DATA
+
 #: 1us0 A26-35 (QVTEAVKVAI), heavy atoms, first conformer
 PEPTIDE = DATA / "1us0_A26_35.pdb"
 
@@ -75,7 +74,7 @@ def test_chain_break_ends_are_capped_and_neutral(gap_prepared):
     assert np.linalg.norm(xyz["29", "HC"] - xyz["29", "C"]) == pytest.approx(1.09, abs=0.01)
     assert _open_valences(h) == []
     assert _open_valences(_with_gap()) != []  # the check sees open ends
-    from qr_phenix.fragmentation.partition import model_units
+    from qr_phenix.chemical_groups import model_units
     charges = {u.label: u.charge for u in model_units(h)}
     assert charges["A GLU 29"] == -1 and charges["A LYS 32"] == 1
 
@@ -247,7 +246,7 @@ def test_water_on_a_special_position_gives_one_image():
     (its H do not follow), and 4+ and 4- give the same copies, at (0, +-1/2)
     and (1, +-1/2), 8.5 A away: each copy once, nothing on the water itself."""
     from cctbx import crystal
-    from qr_phenix.fragmentation.partition import Unit, symmetry_images
+    from qr_phenix.chemical_groups import Unit, symmetry_images
     cs = crystal.symmetry(unit_cell=(12, 12, 30, 90, 90, 90), space_group_symbol="P4")
     sites = np.array([[6.0, 0.0, 5.0], [6.6, 0.7, 5.3], [5.3, 0.5, 4.8]])  # O, H, H
     units = [Unit(label="W HOH 1", atoms=np.arange(3), charge=0)]

@@ -254,7 +254,7 @@ def test_charged_peptide_keeps_its_bonds_under_whole_model_qm(tmp_path):
 
 def test_solvent_auto_means_water_where_the_engine_has_it():
     from libtbx import Auto
-    from qr_phenix.restraints_manager import resolve_solvent
+    from qr_phenix.engines.settings import resolve_solvent
     assert resolve_solvent("gfn2", Auto) == "water"
     assert resolve_solvent("pm7", "auto") == "water"
     assert resolve_solvent("hf", Auto) is None

@@ -16,7 +16,7 @@ from qr_phenix import monomer_library as ml
 @pytest.fixture(scope="module")
 def helix_model(helix_pdb):
     try:
-        ml.find_or_install_library()
+        ml.activate_library()
     except Sorry as e:
         pytest.skip("no monomer library (%s)" % str(e).splitlines()[0])
     return ml.process_model(helix_pdb)
@@ -206,7 +206,7 @@ def test_probe_failure_is_reported(helix_model, monkeypatch):
 def test_unprocessed_model_is_processed(helix_pdb):
     import iotbx.pdb
     import mmtbx.model
-    ml.find_or_install_library()
+    ml.activate_library()
     model = mmtbx.model.manager(model_input=iotbx.pdb.input(helix_pdb))
     hb = validation.hbond_geometry(model)
     assert (hb.n, hb.n_backbone) == (10, 9)

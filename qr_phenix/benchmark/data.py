@@ -2,7 +2,7 @@
 complete, 10 % free, 5 % random error on the amplitudes, seeded.
 
 The same settings as the published `phenix.fmodel add_random_error_to_amplitudes_percent=5
-type=real high_res=4 low_res=6 r_free=0.1` (NOTES section 8), run through the
+type=real high_res=4 low_res=6 r_free=0.1` (docs/benchmark_1us0.md), run through the
 fmodel Program of cctbx-base in-process.
 """
 

@@ -3,8 +3,9 @@ process per job, `nproc` at a time.
 
 One single-threaded process per job (OMP_NUM_THREADS=1, passive OpenMP
 waits): on few cores, process-level parallelism over models beats threaded
-engines (NOTES 9), and tblite gives wrong energies with several OpenMP
-threads on some machines (NOTES 7).
+engines (two 1-thread processes beat one 2-thread process), and tblite
+gives wrong energies with several OpenMP threads on some machines
+(engines/tblite.py).
 
 A job is done when its JSON exists. qr.refine writes into a private
 `<name>.partial/` folder; on success the files are moved into place with the
@@ -20,6 +21,8 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from typing import List
 
+from qr_phenix.threads import child_environment
+
 #: method -> qr.refine arguments; one protocol for all, weights by the program
 METHODS = {
     "cctbx": ["qm_restraints.restraints=cctbx"],
@@ -28,7 +31,7 @@ METHODS = {
              "qm_restraints.engine_options.solvent=None"],
     "pm7": ["qm_restraints.restraints=qm", "qm_restraints.engine=pm7",
             "qm_restraints.engine_options.solvent=None"],
-    # opt-in, hours per refinement of the 94-atom helix on 2 CPU cores (NOTES 9)
+    # opt-in, hours per refinement of the 94-atom helix on 2 CPU cores (engines/pyscf.py)
     "hf_d3": ["qm_restraints.restraints=qm", "qm_restraints.engine=hf",
               "qm_restraints.engine_options.basis=6-31g",
               "qm_restraints.engine_options.dispersion=d3bj"],
@@ -38,7 +41,7 @@ METHODS = {
              "qm_restraints.engine_options.dispersion=d3bj"],
 }
 DEFAULT_METHODS = ("cctbx", "gfn2", "pm7")
-#: stated cost of one refinement on 2 CPU cores (NOTES 9): the opt-in reason
+#: stated cost of one refinement on 2 CPU cores (measured): the opt-in reason
 COST = {
     "cctbx": "seconds",
     "gfn2": "~0.1-0.4 s per gradient, about a minute per refinement",
@@ -83,10 +86,7 @@ class Job:
 
 
 def child_env():
-    env = dict(os.environ)
-    env.update(OMP_NUM_THREADS="1", OMP_WAIT_POLICY="PASSIVE",
-               OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    return env
+    return child_environment(1)
 
 
 def run_job(job, timeout=None):

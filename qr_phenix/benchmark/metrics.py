@@ -2,7 +2,7 @@
 plus R factors and non-H geometry for models not refined by qr.refine
 (the perturbed starts).
 
-H-bond score as published (NOTES 8): the reference pairs O(i)...H(i+4) with
+H-bond score as published (docs/benchmark_1us0.md): the reference pairs O(i)...H(i+4) with
 1.7 < d < 2.2 A; a pair is recovered when its O...H distance is again in
 that window; no angle criterion.
 """

@@ -1,5 +1,6 @@
 """Perturbed starting models: geometry-restraints MD at 1000 K, stopped when
-the mean atomic shift from the reference reaches the dose (NOTES 5b, 8).
+the mean atomic shift from the reference reaches the dose (as published;
+docs/benchmark_1us0.md, Protocol).
 
 The MD potential is the library restraints only (no H-bond term), so the
 helix's H-bonds break as in the published study. Each model is one seeded

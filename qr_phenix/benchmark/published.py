@@ -1,5 +1,5 @@
 """Published numbers of the 1us0 helix study (Zheng et al. 2017, Acta D 73,
-45-52, Figs. 4 and 5; NOTES section 8), in one place for report and plots.
+45-52, Figs. 4 and 5; docs/benchmark_1us0.md), in one place for report and plots.
 
 Only values stated in the paper's text and captions are here; the curves of
 Figs. 4 and 5 between these points were not published as numbers.

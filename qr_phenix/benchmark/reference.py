@@ -4,11 +4,12 @@ Residues 87-99 of chain A of 1us0 (aldose reductase, 0.66 A): first
 conformer kept, occupancies 1, every residue cut back to Gly, boxed in P1
 with a 5 A buffer around the heavy atoms, B = 80, then H added with neutral
 termini (NH2 named HT1/HT2, COOH named OXT/HXT), as in the published model
-(`a87_99_h.pdb`, NOTES section 8).
+(`a87_99_h.pdb`; docs/benchmark_1us0.md, Protocol).
 
 H are placed geometrically, not from a library: the Gly backbone needs only
 four rules (amide H, two HA, terminal NH2, COOH), and mmtbx.reduce2 with the
-plain CCP4 library cannot place amide and terminal H (NOTES section 6).
+plain CCP4 library cannot place amide and terminal H (docs/fragments.md:
+it placed only HA1/HA2 on the helix).
 X-H lengths are nuclear (N-H 1.01, C-H 1.09, O-H 0.97 A), as in the
 published model; QM engines need nuclear positions.
 """

@@ -6,11 +6,11 @@ Every number in report.md and the plots is read from the `results` dict that
 is written to results.json, so the three outputs cannot disagree.
 """
 
-import json
 import math
 import os
 
 from qr_phenix.benchmark import published
+from qr_phenix.files import atomic_write, atomic_write_json
 
 FIELDS = ("r_work", "r_free", "gap", "hbonds_pct", "rmsd_all", "rmsd_heavy",
           "bond_rmsd", "angle_rmsd", "engine_calls", "engine_seconds", "wall_seconds")
@@ -75,10 +75,7 @@ def acceptance(results):
 
 
 def write_json(results, path):
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(results, f, indent=1, sort_keys=False)
-    os.replace(tmp, path)
+    atomic_write_json(path, results, indent=1)
 
 
 def _fmt(v, fmt):
@@ -108,7 +105,7 @@ def table(results):
 def write_markdown(results, path, figures):
     r = results
     out = ["# 1us0 polyglycine helix benchmark", ""]
-    out.append("Protocol (NOTES 8): reference %s; data %d reflections %.2f-%.2f A, %d free,"
+    out.append("Protocol (docs/benchmark_1us0.md): reference %s; data %d reflections %.2f-%.2f A, %d free,"
                " %.0f %% error, seed %d; starts: cctbx restraints MD at %.0f K to a mean shift"
                " equal to the dose, %d models per dose; refinement: `python -m qr_phenix.refine"
                " ... refinement.bulk_solvent=False`, weights chosen by the program." % (
@@ -156,9 +153,7 @@ def write_markdown(results, path, figures):
     out += ["", "## Figures", ""]
     for f in figures:
         out.append("![%s](%s)" % (os.path.basename(f), os.path.basename(f)))
-    with open(path + ".tmp", "w") as f:
-        f.write("\n".join(out) + "\n")
-    os.replace(path + ".tmp", path)
+    atomic_write(path, "\n".join(out) + "\n")
 
 
 def _series(per_dose, doses, field):

@@ -28,6 +28,7 @@ from qr_phenix.engines._common import (
     DISTORTED_GEOMETRY_HINT, EngineCalculator, ScratchDir, binary_available,
     close_contacts, find_binary, tail)
 from qr_phenix.engines.base import EngineError
+from qr_phenix.threads import child_environment
 
 log = logging.getLogger(__name__)
 
@@ -141,12 +142,7 @@ class MopacCalculator(EngineCalculator):
             DISTORTED_GEOMETRY_HINT))
 
     def _env(self):
-        env = dict(os.environ)
-        threads = str(max(1, int(self.settings.threads)))
-        env["OMP_NUM_THREADS"] = threads
-        env["OPENBLAS_NUM_THREADS"] = threads
-        env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-        return env
+        return child_environment(self.settings.threads)
 
     def _error_message(self, proc):
         out = self.scratch.file("job.out")

@@ -10,7 +10,7 @@ Threads and BLAS (measured on this project's 2-core VM, tblite 0.8.0 wheel):
   what happened.  QR_PHENIX_TBLITE_BLAS=/path/lib.so picks another library,
   =none disables.
 * More than one OpenMP thread gives WRONG energies with the tblite 0.8.0
-  wheel (NOTES.md; reproduced here inside the test suite: -171.378 instead of
+  wheel on some machines (reproduced here inside the test suite: -171.378 instead of
   -171.681 Eh for the helix with 2 threads, while the same call alone was
   right).  tblite therefore always runs on 1 thread; settings.threads > 1 is
   ignored with a warning (parallelism comes from processes: fragments,
@@ -22,7 +22,6 @@ Threads and BLAS (measured on this project's 2-core VM, tblite 0.8.0 wheel):
 import collections
 import ctypes
 import logging
-import os
 
 import numpy as np
 
@@ -30,6 +29,7 @@ from qr_phenix import units
 from qr_phenix.engines._common import (
     DISTORTED_GEOMETRY_HINT, EngineCalculator, close_contacts, tail)
 from qr_phenix.engines.base import EngineError, EngineUnavailable
+from qr_phenix.threads import set_process_threads
 
 log = logging.getLogger(__name__)
 
@@ -74,8 +74,7 @@ def _load(threads):
     if _interface is not None:
         return _interface
     # Read by libgomp when it is first loaded; per-call pinning is below.
-    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, int(threads))))
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    set_process_threads(threads)
     _preload_blas()
     try:
         from tblite import interface

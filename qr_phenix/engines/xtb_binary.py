@@ -23,6 +23,7 @@ from qr_phenix.engines._common import (
     DISTORTED_GEOMETRY_HINT, EngineCalculator, ScratchDir, binary_available,
     close_contacts, find_binary, tail)
 from qr_phenix.engines.base import EngineError
+from qr_phenix.threads import child_environment
 
 log = logging.getLogger(__name__)
 
@@ -74,12 +75,7 @@ class XTBBinaryCalculator(EngineCalculator):
         self.scratch.remove("xtbrestart")
 
     def _env(self):
-        env = dict(os.environ)
-        threads = str(max(1, int(self.settings.threads)))
-        env["OMP_NUM_THREADS"] = threads
-        env["MKL_NUM_THREADS"] = threads
-        env["OPENBLAS_NUM_THREADS"] = threads
-        env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+        env = child_environment(self.settings.threads)
         # xtb's own advice: large OpenMP stacks, or big systems segfault.
         env.setdefault("OMP_STACKSIZE", "1G")
         return env

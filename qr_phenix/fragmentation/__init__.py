@@ -1,8 +1,10 @@
 """Fragment-based QM restraints for large models.
 
-partition.py  cores (clusters of chemical groups), buffers, caps, charges, symmetry images
+partition.py  cores (clusters of chemical groups), buffers, caps; the groups, their
+              charges and symmetry images come from qr_phenix/chemical_groups.py
 evaluator.py  FragmentEvaluator: the restraints manager's evaluator contract
 parallel.py   serial / process pool / Dask execution with retries
+check.py      accuracy and cost of fragments against whole-model QM (qr.fragments_check)
 
 The PHIL scopes below go into a program next to `qm_restraints`:
 
@@ -16,9 +18,10 @@ from libtbx import Auto
 from libtbx.utils import Sorry
 
 from qr_phenix import chemistry
-from qr_phenix.monomer_library import library_bonds
+from qr_phenix.engines.settings import engine_settings_from_params
+from qr_phenix.monomer_library import library_bond_pairs
 
-master_phil_str = """
+FRAGMENTS_PHIL = """
 fragments
   .short_caption = QM fragmentation
   .help = "Split a large model into overlapping fragments (core + buffer) for \
@@ -77,6 +80,10 @@ fragments
     .type = int
     .help = "Times a failed fragment calculation (or a lost worker) is re-run"
 }
+"""
+
+#: the `parallel` scope alone, for programs that run fragments without refining
+PARALLEL_PHIL = """
 parallel
   .short_caption = Parallel execution
 {
@@ -98,6 +105,8 @@ parallel
 }
 """
 
+master_phil_str = FRAGMENTS_PHIL + PARALLEL_PHIL
+
 
 def fragments_enabled(fragment_params, n_atoms, qm_selection=None):
     """Resolve enabled=Auto: on for whole-model QM above the size threshold."""
@@ -105,11 +114,6 @@ def fragments_enabled(fragment_params, n_atoms, qm_selection=None):
     if enabled is None or enabled is Auto:
         return qm_selection is None and n_atoms >= fragment_params.min_atoms_for_auto
     return bool(enabled)
-
-
-def library_bond_pairs(model):
-    """(i, j) of the library's bond restraints (links included)."""
-    return [tuple(p) for p in library_bonds(model)[0]]
 
 
 def fragment_solvent(settings, solvent, log=sys.stdout):
@@ -137,7 +141,6 @@ def build_fragment_evaluator(model, qm_params, fragment_params, parallel_params,
     """
     from qr_phenix.fragmentation.evaluator import FragmentEvaluator
     from qr_phenix.fragmentation.parallel import make_executor
-    from qr_phenix.restraints_manager import engine_settings_from_params
     if getattr(qm_params, "selection", None) is not None:
         raise Sorry("fragments.enabled=True needs whole-model QM: unset"
                     " qm_restraints.selection, or set fragments.enabled=False.")

@@ -36,9 +36,10 @@ from dataclasses import replace
 
 import numpy as np
 
+from qr_phenix.chemical_groups import model_units
 from qr_phenix.engines.base import EngineSettings
 from qr_phenix.fragmentation.parallel import FragmentJob, SerialExecutor
-from qr_phenix.fragmentation.partition import build_partition, model_units
+from qr_phenix.fragmentation.partition import build_partition
 
 HISTORY = 8  # evaluated points kept as anchors for the integrated energy
 

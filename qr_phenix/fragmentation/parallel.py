@@ -9,9 +9,9 @@ whenever the same fragment lands on the same worker again.
 
 Threads: each worker runs one fragment at a time with
 `threads_per_worker` engine threads (OMP_NUM_THREADS is set before the engine
-is imported, and the engine pins its threads per call).  NOTES.md measured
-that two 1-thread processes beat one 2-thread process for xTB, so the
-default is nproc processes x 1 thread.
+is imported, and the engine pins its threads per call).  Two 1-thread
+processes beat one 2-thread process for xTB (376 atoms on 2 cores: 1.27 vs
+1.61 s per gradient), so the default is nproc processes x 1 thread.
 
 Failures: a fragment whose calculation raises is re-run (fresh calculator)
 up to `retries` times; a worker that dies (process pool: its pipe closes;
@@ -29,7 +29,9 @@ from typing import Optional, Tuple
 
 import numpy as np
 
+from qr_phenix.engines import make_calculator
 from qr_phenix.engines.base import EngineError, EngineSettings
+from qr_phenix.threads import set_process_threads, thread_variables
 
 
 @dataclass
@@ -46,27 +48,6 @@ class FragmentJob:
 
 _CALCULATORS = collections.OrderedDict()
 _CACHE_SIZE = 1024
-
-
-def _set_thread_environment(threads):
-    # must happen before an engine library (OpenMP) is first loaded
-    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, int(threads))))
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    os.environ.setdefault("OPENBLAS_NUM_THREADS", str(max(1, int(threads))))
-    os.environ.setdefault("MKL_NUM_THREADS", str(max(1, int(threads))))
-
-
-def make_calculator(settings):
-    """The engine registry's factory (qr_phenix.engines.make_calculator)."""
-    try:
-        from qr_phenix.engines import make_calculator as factory
-    except ImportError:
-        # registry not importable: the in-process xTB engines still are
-        from qr_phenix.engines import tblite
-        if settings.name not in tblite.METHODS:
-            raise
-        factory = tblite.factory(settings.name)
-    return factory(settings)
 
 
 def _calculator(job, fresh=False):
@@ -98,7 +79,7 @@ def _maybe_fail(job):
 
 def run_job(job, fresh=False):
     """Worker entry point: (energy kcal/mol, gradient (k,3) kcal/mol/A, seconds)."""
-    _set_thread_environment(job.settings.threads)
+    set_process_threads(job.settings.threads)
     from qr_phenix.engines.base import energy_and_gradient
     _maybe_fail(job)
     t0 = time.perf_counter()
@@ -151,7 +132,7 @@ class SerialExecutor:
 
 def _worker_loop(conn, threads):
     """A pool worker: run (job, fresh) messages until None or the pipe closes."""
-    _set_thread_environment(threads)
+    set_process_threads(threads)
     while True:
         try:
             message = conn.recv()
@@ -371,8 +352,7 @@ class DaskExecutor:
         if client is not None:
             self.client = client
         elif scheduler in (None, "", "local"):
-            env = {"OMP_NUM_THREADS": str(self.threads), "OMP_WAIT_POLICY": "PASSIVE",
-                   "OPENBLAS_NUM_THREADS": str(self.threads)}
+            env = thread_variables(self.threads)
             # one task per worker process; the engine threads come from env
             self._cluster = distributed.LocalCluster(
                 n_workers=max(1, int(nproc)), threads_per_worker=1, processes=True,

@@ -155,7 +155,7 @@ def library_hydrogen_names(resname):
         import iotbx.cif
         from iotbx.pdb import atom_name_interpretation
         from qr_phenix import monomer_library
-        library = monomer_library.find_or_install_library()
+        library = monomer_library.find_library()
         path = monomer_library.comp_file(library, resname)
         if path is None:
             return None

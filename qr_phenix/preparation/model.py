@@ -106,7 +106,7 @@ def _remove_clashing_waters(h, report, crystal_symmetry=None, cutoff=2.2):
     model or a symmetry copy) are leftovers of another conformer: no sane
     hydrogens exist for them.  Of two clashing waters the first is kept."""
     from scipy.spatial import cKDTree
-    from qr_phenix.fragmentation.partition import Unit, symmetry_images
+    from qr_phenix.chemical_groups import Unit, symmetry_images
     atoms = h.atoms()
     atoms.reset_i_seq()
     xyz = np.array(atoms.extract_xyz())
@@ -150,7 +150,7 @@ def _remove_clashing_waters(h, report, crystal_symmetry=None, cutoff=2.2):
 
 
 #: X-H distances (A) used to normalise hydrogens after placement
-XH_DISTANCE = {"C": 1.09, "N": 1.01, "O": 0.96, "S": 1.34, "P": 1.42, "Se": 1.47}
+XH_DISTANCE = chemistry.XH_DISTANCE
 
 
 def normalize_hydrogens(h, tolerance=0.01):
@@ -771,7 +771,7 @@ def _in_conformer(atom, rg, conformer_names):
 
 
 def _charge_report(root, report):
-    from qr_phenix.fragmentation.partition import model_units
+    from qr_phenix.chemical_groups import model_units
     units = model_units(root)
     report.total_charge = int(sum(u.charge for u in units))
     report.charged_residues = ["%s %+d" % (u.label, u.charge) for u in units if u.charge]

@@ -2,7 +2,7 @@
 
 from libtbx.program_template import ProgramTemplate
 
-from qr_phenix.benchmark import helix_1us0
+from qr_phenix.benchmark import study
 
 
 class Program(ProgramTemplate):
@@ -21,13 +21,13 @@ Usage:
 """
 
     datatypes = ["phil"]
-    master_phil_str = helix_1us0.master_phil_str
+    master_phil_str = study.master_phil_str
 
     def validate(self):
-        helix_1us0.validate(helix_1us0.apply_quick(self.params))
+        study.validate(study.apply_quick(self.params))
 
     def run(self):
-        self.results = helix_1us0.run_study(self.params, log=self.logger)
+        self.results = study.run_study(self.params, log=self.logger)
 
     def get_results(self):
         return self.results

@@ -4,7 +4,7 @@ from libtbx.program_template import ProgramTemplate
 from libtbx.utils import Sorry
 
 from qr_phenix import chemistry
-from qr_phenix import fragments_check
+from qr_phenix.fragmentation import check as fragments_check
 
 
 class Program(ProgramTemplate):
@@ -41,9 +41,9 @@ Usage:
             raise Sorry("parallel.nproc and parallel.threads_per_worker must be >= 1.")
 
     def run(self):
+        from qr_phenix.engines.settings import engine_settings_from_params
         from qr_phenix.fragmentation import fragment_solvent
         from qr_phenix.fragmentation.parallel import make_executor
-        from qr_phenix.restraints_manager import engine_settings_from_params
         model = self.data_manager.get_model()
         hierarchy = model.get_hierarchy()
         chemistry.check_single_conformer(hierarchy, "fragment checks")

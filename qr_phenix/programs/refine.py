@@ -18,7 +18,8 @@ from qr_phenix.refinement import stages
 from qr_phenix.refinement import weights as weights_mod
 from qr_phenix.refinement.progress import CostReporter
 from qr_phenix.refinement.statistics import engine_counters
-from qr_phenix.refinement.checkpoint import Checkpoint, atomic_write, atomic_write_json, fingerprint
+from qr_phenix.files import atomic_write, atomic_write_json
+from qr_phenix.refinement.checkpoint import Checkpoint, fingerprint
 
 master_phil_str = qm_rm.qm_restraints_phil_str(default_restraints="qm") + \
     fragmentation.master_phil_str + inputs.input_phil_str + """

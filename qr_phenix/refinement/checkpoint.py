@@ -1,47 +1,18 @@
-"""Atomic output files and per-cycle checkpoints.
+"""Per-cycle checkpoints.
 
-Nothing is ever half-written: every file goes to a temporary name in the
-same directory and is renamed over the target (atomic on POSIX).  After each
-macro-cycle the coordinates and the refinement state are saved; `resume=True`
-continues from the last finished cycle, so an engine crash or Ctrl-C loses at
-most the cycle in progress.
+After each macro-cycle the coordinates and the refinement state are saved
+(atomically, qr_phenix/files.py); `resume=True` continues from the last
+finished cycle, so an engine crash or Ctrl-C loses at most the cycle in
+progress.
 """
 
 import hashlib
 import json
 import os
-import tempfile
 
 import numpy as np
 
-
-def atomic_write(path, text):
-    path = os.path.abspath(path)
-    directory = os.path.dirname(path)
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".%s." % os.path.basename(path))
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_write_json(path, obj):
-    atomic_write(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
-
-
-def _json_default(x):
-    if isinstance(x, (np.floating, np.integer)):
-        return x.item()
-    if isinstance(x, np.ndarray):
-        return x.tolist()
-    raise TypeError("not JSON serialisable: %r" % type(x))
+from qr_phenix.files import atomic_write_json
 
 
 def fingerprint(*parts):
