@@ -299,3 +299,18 @@ def test_dask_worker_death_reruns_fragment(dask_executor, tmp_path):
     assert (tmp_path / "dask_marker").exists()  # the failure really happened
     assert np.abs(g2 - g1).max() < SCC_NOISE
     assert time.time() - t0 < 120
+
+
+def test_calculators_of_earlier_partitions_are_dropped():
+    """After a rebuild only the new fragments' calculators stay cached (with
+    them their wavefunctions and any engine scratch directory)."""
+    from qr_phenix.fragmentation import parallel
+    h, cs, sites = _helix()
+    ev = FragmentEvaluator(h, EngineSettings(name="gfn2"), crystal_symmetry=cs,
+                           core_size=30, buffer_radius=3.0)
+    ev.energy_and_gradient(sites)
+    mine = lambda: [k[0][1] for k in parallel._CALCULATORS if k[0][0] == ev._id]
+    assert set(mine()) == {1} and len(mine()) == len(ev.partition.fragments)
+    ev.update_partition(sites, force=True)
+    ev.energy_and_gradient(sites)
+    assert set(mine()) == {2} and len(mine()) == len(ev.partition.fragments)

@@ -50,10 +50,21 @@ _CALCULATORS = collections.OrderedDict()
 _CACHE_SIZE = 1024
 
 
+def _forget_older_partitions(job_key):
+    """Calculators of an evaluator's earlier partitions are never asked again
+    (their fragments are gone): drop them, so memory and engine scratch
+    directories (removed with their calculator) do not grow with rebuilds."""
+    evaluator, generation = job_key[0], job_key[1]
+    stale = [k for k in _CALCULATORS if k[0][0] == evaluator and k[0][1] < generation]
+    for k in stale:
+        del _CALCULATORS[k]
+
+
 def _calculator(job, fresh=False):
     key = (job.key, tuple(job.symbols), job.settings.charge, job.settings.multiplicity)
     calc = None if fresh else _CALCULATORS.get(key)
     if calc is None:
+        _forget_older_partitions(job.key)
         calc = make_calculator(job.settings)
         _CALCULATORS[key] = calc
         while len(_CALCULATORS) > _CACHE_SIZE:
