@@ -417,7 +417,9 @@ Outputs <prefix>.pdb, .cif, .log, .json; a checkpoint after every macro-cycle
             probe = dm.get_fmodel(scattering_table=table)
         except Sorry as e:
             if "R-free flags" in str(e) and "Multiple" not in str(e):
-                raise Sorry(NO_FREE_FLAGS)
+                # cctbx's reason (none found, all flagged as test, ...) in one line
+                reason = " ".join(str(e).split())
+                raise Sorry("%s (cctbx: %s)" % (NO_FREE_FLAGS, reason[:200]))
             if "Multiple" not in str(e):
                 raise
             labels = [l for name in dm.get_miller_array_names()
