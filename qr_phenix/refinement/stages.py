@@ -24,8 +24,10 @@ and marks it finished with its result; the QM stage uses <prefix>.checkpoint.jso
 
 import copy
 import sys
+import time
 
 from libtbx import Auto
+from libtbx.utils import Sorry
 
 from qr_phenix.refinement import best_model
 from qr_phenix.refinement.checkpoint import Checkpoint
@@ -69,7 +71,6 @@ def use_library_stage(params, quantum, uses_data, fragments_on, unrestrained):
         return False, "geometry-only run"
     if unrestrained:
         if wanted is True:
-            from libtbx.utils import Sorry
             raise Sorry("refinement.library_stage=True, but %s have no library restraints;"
                         " supply a dictionary for them or set refinement.library_stage=False."
                         % ", ".join(unrestrained))
@@ -166,11 +167,9 @@ class StagedRefinement:
     def _library_stage(self, fixed_scale):
         """Run (or resume, or take from its finished checkpoint) the library
         stage; returns its wall time."""
-        import time
         t0 = time.perf_counter()
         saved = self._load(self.library_checkpoint)
         if saved is not None and saved.get("fingerprint") != self.fingerprint:
-            from libtbx.utils import Sorry
             raise Sorry("The checkpoint %s belongs to a different model or settings;"
                         " run without output.resume." % self.library_checkpoint.path)
         if saved is not None and saved.get("finished"):
