@@ -335,11 +335,7 @@ Outputs <prefix>.pdb, .cif, .log, .json; a checkpoint after every macro-cycle
     def _stage_factory(self, model, log):
         def make(quantum, refinement_params, checkpoint, state, fmodel):
             if state is not None:
-                if state.get("fingerprint") != self.fingerprint:
-                    raise Sorry("The checkpoint %s belongs to a different model or settings;"
-                                " run without output.resume." % checkpoint.path)
-                _, sites = checkpoint.load()
-                model.set_sites_cart(flex.vec3_double(sites))
+                state = self._restore_checkpoint(checkpoint, model)
             return self._make_refinement(model, log, quantum, checkpoint, state,
                                          refinement_params=refinement_params, fmodel=fmodel)
         return make
@@ -348,6 +344,11 @@ Outputs <prefix>.pdb, .cif, .log, .json; a checkpoint after every macro-cycle
         self._set_fingerprint(model)
         if not self.params.output.resume:
             return None
+        return self._restore_checkpoint(checkpoint, model)
+
+    def _restore_checkpoint(self, checkpoint, model):
+        """The checkpoint's state, after checking it belongs to this job and
+        putting its coordinates on the model."""
         state, sites = checkpoint.load()
         if state.get("fingerprint") != self.fingerprint or len(sites) != \
                 model.get_number_of_atoms():
