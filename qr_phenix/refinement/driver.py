@@ -184,10 +184,10 @@ class MacroCycleRefinement:
         steps = []
         first = len(result.cycles) + 1
         for cycle in range(first, n_cycles + 1):
+            first_search = result.scale is None and cycle == first
             searching = self.uses_data and self._fixed_scale is None and (
-                (result.scale is None and cycle == first) or self.searches_every_cycle())
+                first_search or self.searches_every_cycle())
             if searching:
-                first_search = result.scale is None and cycle == first
                 scales = self.trial_scales(cycle, None if first_search else 1.0)
                 # the search toward stronger restraints is expected to take half
                 # its allowance (the QM stage of 1va7 took all 3)
