@@ -102,6 +102,24 @@ def test_best_cycle_is_handed_back_not_the_last(helix_model):
     assert np.allclose(kept, np.array(ref.state_of(best)["sites"]), atol=1e-5)
 
 
+def test_map_model_within_the_cc_tolerance_of_the_start_is_handed_back():
+    """Maps as X-ray: a refined model whose fit is worse by less than the
+    tolerance (noise) is handed back; one worse by more is not."""
+    from qr_phenix.refinement import best_model
+    limits = Limits(bond_rmsd=0.015, angle_rmsd=2.0, gap=0.05)
+
+    def stats(cycle, cc):
+        return stats_mod.CycleStats(cycle=cycle, map_cc=cc, bond_rmsd=0.01, angle_rmsd=1.0,
+                                    clashscore=2.0)
+    start = stats(0, 0.9950)
+    near = best_model.MAP_CC_TOLERANCE / 2
+    index, _ = best_model.choose(start, [stats(1, 0.9950 - near)], limits, "map_cc")
+    assert index == 1
+    index, why = best_model.choose(start, [stats(1, 0.9950 - 2 * best_model.MAP_CC_TOLERANCE)],
+                                   limits, "map_cc")
+    assert index == 0 and "map CC within" in why
+
+
 def test_far_start_anneals_the_weight_until_geometry_is_within_limits(helix_model):
     # strong data weights fit far better but distort: anneal from the best trial
     limits = Limits(bond_rmsd=0.015, angle_rmsd=2.0, gap=0.08)

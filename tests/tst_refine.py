@@ -1,6 +1,7 @@
 """qr.refine end to end: X-ray and real space on the 1us0 helix, resume, and
 the messages users get for bad input.  Real cctbx, real GFN2-xTB."""
 
+import io
 import json
 import os
 
@@ -300,6 +301,52 @@ def test_driver_doubles_data_weight_when_geometry_is_well_inside_limits(helix_pd
     result = _scripted_refinement(model, tight).run()
     assert [c.weight for c in result.cycles][:4] == [1, 0.5, 0.25, 0.25]
     assert result.safety_steps == driver.MAX_SAFETY_STEPS
+
+
+def test_map_cycle_with_new_clashes_restarts_from_best_with_stronger_restraints(helix_pdb):
+    """Maps: a cycle whose clashscore rises over the start's is over-fitted:
+    restraints x2, and the next cycle starts from the best model so far, not
+    from the clashing one."""
+    from types import SimpleNamespace
+    from qr_phenix.monomer_library import process_model
+    from qr_phenix.refinement import driver
+    from qr_phenix.refinement import statistics as stats_mod
+    from qr_phenix.refinement.weights import Limits
+    model = process_model(helix_pdb)
+    start_x = model.get_sites_cart()[0][0]
+
+    class ClashingMap(driver.MacroCycleRefinement):
+        score = "map_cc"
+        starts = []
+
+        def minimise(self, scale):
+            self.starts.append(self.model.get_sites_cart()[0][0])
+            self.set_sites(self.model.get_sites_cart() + (0.1, 0, 0))
+
+        def measure(self, cycle):
+            return stats_mod.CycleStats(cycle=cycle, map_cc=0.90 if cycle == "start" else 0.95)
+
+    def clashes(model, stats):   # every refined model clashes
+        stats.clashscore = 2.0 if stats.cycle == 0 else 30.0
+
+    params = SimpleNamespace(macro_cycles=4, max_iterations=1, weight_trials=[1.0],
+                             r_tolerance=-1.0, shift_tolerance=-1.0, anneal="off",
+                             weight_search="first")
+    limits = Limits(bond_rmsd=90.0, angle_rmsd=90.0, gap=0.05)
+    log = io.StringIO()
+    refinement = ClashingMap(model, params, limits, quantum=False, log=log,
+                             validator=clashes)
+    refinement.max_extra_trials = 0     # one trial, then the cycles
+    result = refinement.run()
+    assert limits.max_clashscore == 2.0
+    assert [c.weight for c in result.cycles] == [1, 0.5, 0.25, 0.25]
+    assert "clashscore over limit: restraints x2" in result.cycles[0].note
+    # cycles 2 and 3 start from the start model again (the only one without
+    # new clashes); cycle 4 follows cycle 3, the safety steps being spent
+    assert ClashingMap.starts == pytest.approx(
+        [start_x, start_x, start_x, start_x + 0.1])
+    assert "cycle 2 starts from the start, the best model so far" in log.getvalue()
+    assert result.selected == 0
 
 
 # --- the fast path for QM: library stage, then QM; cost estimate -------------

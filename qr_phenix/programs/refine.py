@@ -209,7 +209,9 @@ Outputs <prefix>.pdb, .cif, .log, .json; a checkpoint after every macro-cycle
         if staged:
             self._set_fingerprint(model)
             refinement = stages.StagedRefinement(
-                self._stage_factory(model, log), p.refinement, self.prefix,
+                self._stage_factory(model, log),
+                lambda checkpoint: self._restore_checkpoint(checkpoint, model),
+                p.refinement, self.prefix,
                 p.output.resume, log=log, fingerprint=self.fingerprint,
                 reporter_factory=reporter)
         else:
@@ -334,8 +336,6 @@ Outputs <prefix>.pdb, .cif, .log, .json; a checkpoint after every macro-cycle
 
     def _stage_factory(self, model, log):
         def make(quantum, refinement_params, checkpoint, state, fmodel):
-            if state is not None:
-                state = self._restore_checkpoint(checkpoint, model)
             return self._make_refinement(model, log, quantum, checkpoint, state,
                                          refinement_params=refinement_params, fmodel=fmodel)
         return make

@@ -9,7 +9,8 @@ wins (lowest R-free, or highest map CC; of scores within the tolerance, the
 latest cycle).  When none is acceptable the gap limit is relaxed, never
 geometry: without a candidate of acceptable geometry the start is handed
 back.  A refined model whose R-free is above the start's by more than
-R_FREE_TOLERANCE is never handed back either.  The log says which and why.
+R_FREE_TOLERANCE (map CC below it by more than MAP_CC_TOLERANCE) is never
+handed back either: differences that small are noise.  The log says which and why.
 """
 
 from typing import Tuple
@@ -78,8 +79,11 @@ def choose(start, cycles, limits, score="r_free") -> Tuple[int, str]:
         return 0, ("the start model: no refined model had R-free within %.3f of the"
                    " start's %.4f (best %.4f, cycle %d)%s" % (
                        R_FREE_TOLERANCE, start.r_free, chosen.r_free, best, note))
-    if score == "map_cc" and chosen.map_cc < start.map_cc:
-        return 0, "the start model: no refined model raised map CC%s" % note
+    if score == "map_cc" and start.map_cc is not None and \
+            chosen.map_cc < start.map_cc - MAP_CC_TOLERANCE:
+        return 0, ("the start model: no refined model had map CC within %.3f of the"
+                   " start's %.4f (best %.4f, cycle %d)%s" % (
+                       MAP_CC_TOLERANCE, start.map_cc, chosen.map_cc, best, note))
     how = "lowest R-free" if score == "r_free" else "highest map CC"
     return best, ("cycle %d: the last within %.3f of the %s among refined models within"
                   " the limits%s" % (best, R_FREE_TOLERANCE if score == "r_free"

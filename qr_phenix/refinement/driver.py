@@ -68,6 +68,25 @@ class RefinementResult:
             return self.last
         return ([self.start] + self.cycles)[self.selected]
 
+    def as_dict(self):
+        """What a checkpoint keeps (limits come from the job's settings)."""
+        return {"start": self.start.as_dict(), "cycles": [c.as_dict() for c in self.cycles],
+                "trials": [t.as_dict() for t in self.trials], "scale": self.scale,
+                "converged": self.converged, "safety_steps": self.safety_steps,
+                "raise_steps": self.raise_steps, "annealing": self.annealing,
+                "selected": self.selected, "stopped": self.stopped,
+                "selection_note": self.selection_note}
+
+    @classmethod
+    def from_dict(cls, d, limits):
+        return cls(start=stats_mod.CycleStats.from_dict(d["start"]),
+                   cycles=[stats_mod.CycleStats.from_dict(c) for c in d["cycles"]],
+                   trials=[weights_mod.Trial.from_dict(t) for t in d.get("trials", [])],
+                   scale=d["scale"], limits=limits, converged=d.get("converged", False),
+                   safety_steps=d.get("safety_steps", 0), raise_steps=d.get("raise_steps", 0),
+                   annealing=d.get("annealing", False), selected=d.get("selected"),
+                   stopped=d.get("stopped", ""), selection_note=d.get("selection_note", ""))
+
 
 class MacroCycleRefinement:
     """Subclasses implement: minimise(scale), measure(cycle) -> CycleStats,
@@ -281,14 +300,7 @@ class MacroCycleRefinement:
             grm.set_observer(self.reporter)    # told every QM gradient, the start's too
         resumed = self.checkpoint_state
         if resumed:
-            result = RefinementResult(
-                start=stats_mod.CycleStats.from_dict(resumed["start"]),
-                cycles=[stats_mod.CycleStats.from_dict(c) for c in resumed["cycles"]],
-                trials=[weights_mod.Trial.from_dict(t) for t in resumed.get("trials", [])],
-                scale=resumed["scale"], limits=self.limits,
-                safety_steps=resumed.get("safety_steps", 0),
-                raise_steps=resumed.get("raise_steps", 0),
-                annealing=resumed.get("annealing", False))
+            result = RefinementResult.from_dict(resumed, self.limits)
             self._states = {0: resumed["start_state"],
                             resumed["best_index"]: resumed["best_state"]}
             self._best = (resumed["best_index"], resumed["best_state"])
@@ -353,9 +365,10 @@ class MacroCycleRefinement:
                 s.add_note("geometry within limits: annealing done")
             self.validate(s)
             s.seconds = time.perf_counter() - t0
+            over_fitted = False
             if self.uses_data and fixed_scale is None and not self.searches_every_cycle() \
                     and not result.annealing and cycle < n_cycles:
-                self._adapt_weight(result, s)
+                over_fitted = self._adapt_weight(result, s)
             broken = stats_mod.broken_bonds(self.model) if self.quantum else []
             if broken:
                 s.broken_bonds = len(broken)
@@ -363,6 +376,14 @@ class MacroCycleRefinement:
             self._print(s)
             result.cycles.append(s)
             self._keep_best(result)
+            if over_fitted and self._best[0] != cycle:
+                # going on from an over-fitted model spends the next cycle undoing
+                # it (3kyi chain B, map, GFN2: clashscore 1.9 -> 29 -> 36 at the
+                # same weight); the best model so far is the better start
+                self.set_state(self._best[1])
+                print("  cycle %d starts from %s, the best model so far" % (
+                    cycle + 1, "cycle %d" % self._best[0] if self._best[0] else "the start"),
+                    file=self.log)
             if broken:
                 result.stopped = ("covalent bonds broke or formed in cycle %d: %s. Stopped;"
                                   " the model handed back is the best one before. Causes:"
@@ -375,13 +396,7 @@ class MacroCycleRefinement:
             shift = np.abs(np.array(self.get_sites()) - previous_sites).max() if len(
                 previous_sites) else 0.0
             if self.checkpoint is not None:
-                self.checkpoint.save(dict(self.checkpoint_meta(), start=result.start.as_dict(),
-                                          cycles=[c.as_dict() for c in result.cycles],
-                                          trials=[t.as_dict() for t in result.trials],
-                                          scale=result.scale,
-                                          safety_steps=result.safety_steps,
-                                          raise_steps=result.raise_steps,
-                                          annealing=result.annealing,
+                self.checkpoint.save(dict(self.checkpoint_meta(), **result.as_dict(),
                                           reference_ratio=self._reference_ratio,
                                           start_state=self._states[0],
                                           best_index=self._best[0],
@@ -441,20 +456,28 @@ class MacroCycleRefinement:
         x2 while heavy-atom bonds or angles (or the R gap) are over the limit, at most
         MAX_SAFETY_STEPS times (a QM minimum can itself sit near the library
         limit: PM7 ~0.025 A; halving without end switched the data off);
-        data x2 when geometry is well inside the limits."""
+        data x2 when geometry is well inside the limits.  True when the cycle
+        over-fitted (R gap, or for maps clashscore, over the limit) and the
+        restraints were strengthened for it."""
         over = [what for what, value, limit in (
             ("bonds", s.bond_rmsd, self.limits.bond_rmsd),
             ("angles", s.angle_rmsd, self.limits.angle_rmsd)) if value > limit]
+        n_geometry = len(over)
         if self.score == "r_free" and not self.limits.gap_ok(s.r_work, s.r_free):
             # over-fitting: a QM energy is softer than library terms, and with
             # the weight fixed after the first search R-work kept falling while
             # R-free did not (1va7, GFN2 after the library stage: gap 0.050 ->
             # 0.071 -> 0.088, clashscore 4.3 -> 11.7 in two cycles)
             over.append("R-free - R-work")
+        if self.score == "map_cc" and not self.limits.clash_ok(s.clashscore):
+            # maps have no free set: new clashes are how a too strong map weight
+            # shows (atoms crowd into density peaks)
+            over.append("clashscore")
         if over and result.safety_steps < MAX_SAFETY_STEPS:
             result.safety_steps += 1
             result.scale /= 2
             s.add_note("%s over limit: restraints x2 next cycle" % " and ".join(over))
+            return len(over) > n_geometry
         elif (result.raise_steps < MAX_RAISE_STEPS
               and s.bond_rmsd < RAISE_BELOW_FRACTION * self.limits.bond_rmsd
               and s.angle_rmsd <= self.limits.angle_rmsd
@@ -463,6 +486,7 @@ class MacroCycleRefinement:
             result.raise_steps += 1
             result.scale *= 2
             s.add_note("geometry well inside limits: data x2 next cycle")
+        return False
 
     def _keep_best(self, result):
         """Remember every candidate of this process (a few MB at most) and

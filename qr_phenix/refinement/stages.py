@@ -27,7 +27,6 @@ import sys
 import time
 
 from libtbx import Auto
-from libtbx.utils import Sorry
 
 from qr_phenix.refinement import best_model
 from qr_phenix.refinement.checkpoint import Checkpoint
@@ -96,12 +95,15 @@ class StagedRefinement:
 
     make(quantum, params, checkpoint, state, fmodel) builds one stage's
     MacroCycleRefinement on the shared model (the QM stage installs the QM
-    restraints and reuses the library stage's fmodel).
+    restraints and reuses the library stage's fmodel); restore(checkpoint)
+    checks that a checkpoint belongs to this job, puts its coordinates on the
+    model and returns its state.
     """
 
-    def __init__(self, make, params, prefix, resume, log=sys.stdout, fingerprint=None,
-                 reporter_factory=None):
+    def __init__(self, make, restore, params, prefix, resume, log=sys.stdout,
+                 fingerprint=None, reporter_factory=None):
         self.make = make
+        self.restore = restore
         self.params = params
         self.library_checkpoint = Checkpoint(prefix + ".library")
         self.qm_checkpoint = Checkpoint(prefix)
@@ -140,8 +142,7 @@ class StagedRefinement:
     def _load(self, checkpoint):
         if not (self.resume and checkpoint.exists()):
             return None
-        state, _ = checkpoint.load()
-        return state
+        return self.restore(checkpoint)
 
     def run(self, fixed_scale=None):
         print("\n=== Library stage: library restraints until converged, then QM ===",
@@ -169,12 +170,10 @@ class StagedRefinement:
         stage; returns its wall time."""
         t0 = time.perf_counter()
         saved = self._load(self.library_checkpoint)
-        if saved is not None and saved.get("fingerprint") != self.fingerprint:
-            raise Sorry("The checkpoint %s belongs to a different model or settings;"
-                        " run without output.resume." % self.library_checkpoint.path)
         if saved is not None and saved.get("finished"):
             self.library = self.make(False, self.params, None, None, None)
-            self.library_result = result_from_dict(saved["result"], self.library.limits)
+            self.library_result = RefinementResult.from_dict(saved["result"],
+                                                             self.library.limits)
             self._library_states = {int(k): v for k, v in saved["states"].items()}
             self.library.set_state(saved["states"][str(self.library_result.selected)])
             print("Library stage finished before the interruption: continuing with the"
@@ -190,7 +189,7 @@ class StagedRefinement:
         seconds = time.perf_counter() - t0
         self.library_checkpoint.save(
             {"fingerprint": self.fingerprint, "finished": True,
-             "result": result_as_dict(self.library_result), "seconds": seconds,
+             "result": self.library_result.as_dict(), "seconds": seconds,
              "states": {str(k): v for k, v in self._library_states.items()}},
             self.library.model.get_sites_cart())
         return seconds
@@ -226,20 +225,3 @@ class StagedRefinement:
             self.set_state(self.state_of(result.selected))
         return result
 
-
-def result_as_dict(result):
-    return {"start": result.start.as_dict(), "cycles": [c.as_dict() for c in result.cycles],
-            "trials": [t.as_dict() for t in result.trials], "scale": result.scale,
-            "converged": result.converged, "selected": result.selected,
-            "stopped": result.stopped, "selection_note": result.selection_note}
-
-
-def result_from_dict(d, limits):
-    from qr_phenix.refinement import statistics as stats_mod
-    from qr_phenix.refinement import weights as weights_mod
-    return RefinementResult(
-        start=stats_mod.CycleStats.from_dict(d["start"]),
-        cycles=[stats_mod.CycleStats.from_dict(c) for c in d["cycles"]],
-        trials=[weights_mod.Trial.from_dict(t) for t in d["trials"]],
-        scale=d["scale"], limits=limits, converged=d["converged"], selected=d["selected"],
-        stopped=d["stopped"], selection_note=d["selection_note"])
