@@ -259,7 +259,7 @@ def test_unknown_parameter_is_refused(start_pdb, tmp_path):
         refine(start_pdb, "refinement.macro_cylces=3", "output.prefix=%s" % (tmp_path / "x"))
 
 
-def _scripted_refinement(model, limits, r_work=0.20, r_free=0.22):
+def _scripted_refinement(model, limits, r_work=0.20, r_free=0.22, validator=None):
     """A MacroCycleRefinement whose minimiser moves nothing and whose R factors
     are given: only the driver's weight rules act."""
     from types import SimpleNamespace
@@ -276,7 +276,7 @@ def _scripted_refinement(model, limits, r_work=0.20, r_free=0.22):
     params = SimpleNamespace(macro_cycles=8, max_iterations=1, weight_trials=[1.0],
                              r_tolerance=-1.0, shift_tolerance=-1.0, anneal="off",
                              weight_search="first")
-    return Scripted(model, params, limits, quantum=False, log=null_out())
+    return Scripted(model, params, limits, quantum=False, log=null_out(), validator=validator)
 
 
 def test_driver_doubles_data_weight_when_geometry_is_well_inside_limits(helix_pdb):
@@ -291,6 +291,13 @@ def test_driver_doubles_data_weight_when_geometry_is_well_inside_limits(helix_pd
     weights = [c.weight for c in result.cycles]
     assert weights[:driver.MAX_RAISE_STEPS + 2] == [1, 2, 4, 8, 8][:driver.MAX_RAISE_STEPS + 2]
     assert result.raise_steps == driver.MAX_RAISE_STEPS
+
+    # ...but not when the cycle made new clashes (the start's clashscore is the limit)
+    def clashes(model, stats):
+        stats.clashscore = 2.0 if stats.cycle == 0 else 5.0
+    result = _scripted_refinement(model, loose, validator=clashes).run()
+    assert [c.weight for c in result.cycles][:3] == [1, 1, 1]
+    assert result.raise_steps == 0
     # a gap over the limit is over-fitting: never data x2, but restraints x2
     # (at most MAX_SAFETY_STEPS times), as for geometry over the limit
     result = _scripted_refinement(model, loose, r_free=0.30).run()

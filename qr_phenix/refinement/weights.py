@@ -86,7 +86,7 @@ class Limits:
     angle_rmsd: float
     gap: float
     n_free: Optional[int] = None     # free-R test reflections
-    max_clashscore: Optional[float] = None   # maps: the start's clashscore
+    max_clashscore: Optional[float] = None   # the start's clashscore, once measured
 
     def clash_ok(self, clashscore):
         return self.max_clashscore is None or clashscore is None or \
