@@ -310,6 +310,38 @@ def test_driver_doubles_data_weight_when_geometry_is_well_inside_limits(helix_pd
     assert result.safety_steps == driver.MAX_SAFETY_STEPS
 
 
+def test_data_weight_is_never_raised_back_to_a_weight_that_over_fitted(helix_pdb):
+    """Geometry well inside the limits asks for data x2, but the weight that
+    over-fitted once (gap over the limit at scale 2) is not tried again."""
+    from types import SimpleNamespace
+    from qr_phenix.monomer_library import process_model
+    from qr_phenix.refinement import driver
+    from qr_phenix.refinement import statistics as stats_mod
+    from qr_phenix.refinement.weights import Limits
+    model = process_model(helix_pdb)
+    bonds, _ = driver.stats_mod.HeavyAtomGeometry(model)(model.get_sites_cart())
+
+    class OverFitsAtTwo(driver.MacroCycleRefinement):
+        scale = None
+
+        def minimise(self, scale):
+            self.scale = scale
+
+        def measure(self, cycle):
+            gap = 0.10 if (self.scale or 0) >= 2 else 0.02
+            return stats_mod.CycleStats(cycle=cycle, r_work=0.25 - gap, r_free=0.25)
+
+    params = SimpleNamespace(macro_cycles=6, max_iterations=1, weight_trials=[1.0],
+                             r_tolerance=-1.0, shift_tolerance=-1.0, anneal="off",
+                             weight_search="first")
+    loose = Limits(bond_rmsd=bonds / 0.3, angle_rmsd=90.0, gap=0.05)
+    result = OverFitsAtTwo(model, params, loose, quantum=False, log=null_out()).run()
+    weights = [c.weight for c in result.cycles]
+    # without the rule: 1, 2, 1, 2, 1, 2 (data x2 and restraints x2 taking turns)
+    assert weights == [1, 2, 1, 1, 1, 1]
+    assert result.over_fitting_scale == 2
+
+
 def test_map_cycle_with_new_clashes_restarts_from_best_with_stronger_restraints(helix_pdb):
     """Maps: a cycle whose clashscore rises over the start's is over-fitted:
     restraints x2, and the next cycle starts from the best model so far, not

@@ -52,6 +52,7 @@ class RefinementResult:
     converged: bool = False
     safety_steps: int = 0
     raise_steps: int = 0
+    over_fitting_scale: Optional[float] = None   # the lowest scale that over-fitted
     annealing: bool = False             # weight annealing in progress
     selected: Optional[int] = None      # cycle handed back (0 = the start model)
     stopped: str = ""                   # why the run stopped early, if it did
@@ -74,6 +75,7 @@ class RefinementResult:
                 "trials": [t.as_dict() for t in self.trials], "scale": self.scale,
                 "converged": self.converged, "safety_steps": self.safety_steps,
                 "raise_steps": self.raise_steps, "annealing": self.annealing,
+                "over_fitting_scale": self.over_fitting_scale,
                 "selected": self.selected, "stopped": self.stopped,
                 "selection_note": self.selection_note}
 
@@ -85,6 +87,7 @@ class RefinementResult:
                    scale=d["scale"], limits=limits, converged=d.get("converged", False),
                    safety_steps=d.get("safety_steps", 0), raise_steps=d.get("raise_steps", 0),
                    annealing=d.get("annealing", False), selected=d.get("selected"),
+                   over_fitting_scale=d.get("over_fitting_scale"),
                    stopped=d.get("stopped", ""), selection_note=d.get("selection_note", ""))
 
 
@@ -476,12 +479,20 @@ class MacroCycleRefinement:
             # maps have no free set: new clashes are how a too strong map weight
             # shows (atoms crowd into density peaks)
             over.append("clashscore")
+        over_fitted = len(over) > n_geometry
+        if over_fitted:
+            result.over_fitting_scale = min(result.scale, result.over_fitting_scale or
+                                            result.scale)
         if over and result.safety_steps < MAX_SAFETY_STEPS:
             result.safety_steps += 1
             result.scale /= 2
             s.add_note("%s over limit: restraints x2 next cycle" % " and ".join(over))
-            return len(over) > n_geometry
+            return over_fitted
         elif (result.raise_steps < MAX_RAISE_STEPS
+              # never back to a weight that over-fitted (1va7, full QM protocol:
+              # data x2 and restraints x2 took turns, 0.0625 <-> 0.125)
+              and (result.over_fitting_scale is None
+                   or 2 * result.scale < result.over_fitting_scale)
               and s.bond_rmsd < RAISE_BELOW_FRACTION * self.limits.bond_rmsd
               and s.angle_rmsd <= self.limits.angle_rmsd
               and self.limits.gap_ok(s.r_work, s.r_free)
