@@ -478,3 +478,15 @@ def test_cost_reporter_estimate_and_progress_lines():
     rep.plan([("cycle 1 weight trial 4", 10), ("cycle 2 of 2", 20)])
     rep.drop_steps("cycle 1 weight trial ")      # the search ended early
     assert rep.plan_steps == [("cycle 2 of 2", 20)]
+
+
+def test_library_stage_true_without_library_restraints_is_one_sorry():
+    from types import SimpleNamespace
+    from qr_phenix.refinement import stages
+    params = SimpleNamespace(library_stage=True)
+    with pytest.raises(Sorry, match="no library restraints.*library_stage=False"):
+        stages.use_library_stage(params, quantum=True, uses_data=True, fragments_on=True,
+                                 unrestrained=["A LIG 1"])
+    on, why = stages.use_library_stage(SimpleNamespace(library_stage=None), True, True, True,
+                                       ["A LIG 1"])
+    assert not on and "A LIG 1" in why

@@ -27,6 +27,7 @@ import sys
 import time
 
 from libtbx import Auto
+from libtbx.utils import Sorry
 
 from qr_phenix.refinement import best_model
 from qr_phenix.refinement.checkpoint import Checkpoint
