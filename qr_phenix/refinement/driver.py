@@ -308,8 +308,6 @@ class MacroCycleRefinement:
                             resumed["best_index"]: resumed["best_state"]}
             self._best = (resumed["best_index"], resumed["best_state"])
             self.set_state(resumed["state"])
-            if result.start.clashscore is not None:
-                self.limits.max_clashscore = result.start.clashscore
             print("Resuming after cycle %d (weight scale %g)" % (
                 len(result.cycles), result.scale), file=self.log)
             print(stats_mod.HEADER, file=self.log)
@@ -320,16 +318,16 @@ class MacroCycleRefinement:
             start = self._fill_common(self.measure("start"), t0, 0, 0.0)
             start.cycle = 0
             self.validate(start)
-            # maps judge trials and cycles by it; both modes raise the data
-            # weight only while it makes no new clashes (1va7, GFN2 after the
-            # library stage: data x2 twice, clashscore 2.5 -> 6.1 -> 8.1)
-            if start.clashscore is not None:
-                self.limits.max_clashscore = start.clashscore
             result = RefinementResult(start=start, scale=fixed_scale, limits=self.limits)
             self._states = {0: self.get_state()}
             self._best = (0, self._states[0])
             print(stats_mod.HEADER, file=self.log)
             self._print(start)
+        # maps judge trials and cycles by it; both modes raise the data weight
+        # only while it makes no new clashes (1va7, GFN2 after the library
+        # stage: data x2 twice, clashscore 2.5 -> 6.1 -> 8.1)
+        if result.start.clashscore is not None:
+            self.limits.max_clashscore = result.start.clashscore
         n_cycles = p.macro_cycles if self.uses_data or p.macro_cycles else 1
         if self.reporter is not None:
             self.reporter.plan(self.plan(result, n_cycles))
