@@ -42,7 +42,7 @@ library_stage = Auto
            from fragments (whole entries, where a QM gradient costs seconds) \
            and every residue has library restraints"
   .short_caption = Library stage before QM
-qm_macro_cycles = 3
+qm_macro_cycles = 4
   .type = int
   .help = "Macro-cycles with QM restraints after the library stage"
 qm_weight_trials = 0.03125 0.0625 0.125
