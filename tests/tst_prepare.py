@@ -53,6 +53,23 @@ def test_1us0_end_to_end(prepared):
     assert len(cKDTree(xyz).query_pairs(0.9)) == 0
 
 
+def test_anisotropic_b_of_existing_atoms_is_kept(prepared):
+    """1us0 has ANISOU records; PDBFixer writes none, so prepare puts them back."""
+    import iotbx.pdb
+    _, out = prepared
+
+    def uij_by_atom(path):
+        h = iotbx.pdb.input(str(path)).construct_hierarchy()
+        return {(rg.parent().id, rg.resseq.strip(), a.name.strip()): a.uij
+                for rg in h.residue_groups() for a in rg.atoms()
+                if a.uij_is_defined() and a.element.strip() != "H"
+                and not a.parent().altloc.strip()}
+    before, after = uij_by_atom(ENTRY), uij_by_atom(out)
+    shared = set(before) & set(after)
+    assert len(shared) > 0.9 * len(before) > 2000
+    assert all(np.allclose(before[k], after[k], atol=1e-4) for k in shared)
+
+
 def test_charge_column_read_back_as_ligand_charge(prepared):
     import iotbx.pdb
     from qr_phenix.chemical_groups import model_units

@@ -9,8 +9,8 @@ Steps (each reported):
    covalent links to neighbouring residues (bond-length criterion; the
    polymer hydrogens at such a bond are fixed); monatomic ions are kept as
    they are;
-4. merge in the original residue order, keep B-factors and occupancies of
-   existing atoms (new heavy atoms get their residue's mean B and occupancy,
+4. merge in the original residue order, keep B-factors (ANISOU too) and
+   occupancies of existing atoms (new heavy atoms get their residue's mean B and occupancy,
    every H the occupancy of the atom it rides on), write the total charge per residue
    class and the protonation choices;
 5. chain breaks (missing loops) get neutral caps, so no open valence reaches a
@@ -536,8 +536,11 @@ def prepare_hierarchy(hierarchy, crystal_symmetry=None, ph=7.0, add_missing_atom
     report.removed_hydrogens = n1 - h.atoms_size()
     original_b = {}
     original_occ = {}
+    original_uij = {}      # ANISOU records: PDBFixer's output has none
     for chain in h.only_model().chains():
         for rg in chain.residue_groups():
+            original_uij[_key(chain.id, rg)] = {
+                a.name.strip(): a.uij for a in rg.atoms() if a.uij_is_defined()}
             bs = [a.b for a in rg.atoms()]
             original_b[_key(chain.id, rg)] = (
                 {a.name.strip(): a.b for a in rg.atoms()}, float(np.mean(bs)) if bs else 20.0)
@@ -642,8 +645,11 @@ def prepare_hierarchy(hierarchy, crystal_symmetry=None, ph=7.0, add_missing_atom
             new_rg = src.detached_copy()
             b_by_name, b_mean = original_b.get(_key(chain.id, rg), ({}, 20.0))
             occ_by_name, occ_mean = original_occ.get(_key(chain.id, rg), ({}, 1.0))
+            uij_by_name = original_uij.get(_key(chain.id, rg), {})
             for a in new_rg.atoms():
                 a.set_b(b_by_name.get(a.name.strip(), b_mean))
+                if a.name.strip() in uij_by_name:
+                    a.set_uij(uij_by_name[a.name.strip()])
                 # rebuilt atoms get the residue's mean occupancy, H are set below
                 a.set_occ(occ_by_name.get(a.name.strip(), occ_mean))
             if src is not rg:
