@@ -402,3 +402,43 @@ def test_replaced_terms_follow_the_documented_rule(peptide):
     assert has(replaced.dihedral, "CA", "CB", "CG", "CD")
     assert not has(replaced.dihedral, "N", "CA", "CB", "CG")  # axis through the link atom
     assert not has(replaced.chirality, "CA", "N", "C", "CB")  # chiral centre = link atom
+
+
+def test_heavy_atom_repulsion_acts_on_squeezed_heavy_contacts_only(helix):
+    """qm_restraints.heavy_atom_repulsion: a carbonyl O pushed to 2.4 A of the
+    next residue's C (GFN2 packs these to 2.5-2.7 A) is penalised on top of
+    QM, an H...H pair at 1.5 A is not; the gradient matches finite differences."""
+    models = {}
+    for on in (False, True):
+        models[on] = process_model(helix, grm_normalization=False)
+        rm.setup_restraints(models[on], qm_params(heavy_atom_repulsion=on))
+    atoms = list(models[True].get_hierarchy().atoms())
+    xyz = np.array(models[True].get_sites_cart())
+
+    def index(resseq, name):
+        return next(k for k, a in enumerate(atoms) if a.name.strip() == name
+                    and a.parent().parent().resseq_as_int() == resseq)
+
+    def squeezed(i, j, d):
+        s = xyz.copy()
+        v = s[i] - s[j]
+        s[i] = s[j] + v / np.linalg.norm(v) * d
+        return flex.vec3_double(s)
+
+    def extra(sites):
+        t = {on: models[on].get_restraints_manager().geometry.energies_sites(
+            sites_cart=sites).target for on in (False, True)}
+        return t[True] - t[False]
+
+    first = min(a.parent().parent().resseq_as_int() for a in atoms)
+    o, c = index(first + 1, "O"), index(first + 2, "C")
+    h1, h2 = index(first + 1, "HA2"), index(first + 2, "H")
+    assert extra(squeezed(o, c, 2.4)) > 10 * max(1e-6, abs(extra(models[True].get_sites_cart())))
+    assert extra(squeezed(h1, h2, 1.5)) == pytest.approx(extra(models[True].get_sites_cart()),
+                                                          abs=1e-6)
+    grm = models[True].get_restraints_manager().geometry
+    sites = squeezed(o, c, 2.4)
+    g = np.array(grm.energies_sites(sites_cart=sites, compute_gradients=True).gradients)
+    fd = central_difference(grm, sites, [o, c])
+    an = g[[o, c]].ravel()
+    assert np.linalg.norm(fd - an) / np.linalg.norm(an) < 1e-3
