@@ -40,10 +40,6 @@ library term (a cap H with region atoms); they are part of the QM model.
 Whole model from fragments (qr_phenix.fragmentation): buffers hold symmetry
 images, so QM sees the mates and T = scale * (E_QM - E_0) alone.
 
-With `heavy_atom_repulsion`, T also holds a library repulsion between the
-non-H atoms whose contacts QM counts, acting only at contacts that probe
-would call clashes (HEAVY_REPULSION).
-
 E_0 is the QM energy of the first evaluation: a constant that keeps target
 values small (it cancels in gradients, in weights and in line searches).
 
@@ -157,8 +153,8 @@ phil_scope = iotbx.phil.parse(master_phil_str)
 
 
 # heavy_atom_repulsion: the library's repulsion with its van der Waals
-# distances x 0.85, so it acts about where probe counts a clash (an overlap
-# of 0.4 A): O...C is 3.22 A in the library, and a helix's O(i)...C(i+1) at
+# distances x 0.85, so it acts only where probe counts a clash (an overlap of
+# 0.4 A): O...C is 3.22 A in the library, and a helix's O(i)...C(i+1) at
 # 2.9 A is normal; GFN2 packs them to 2.5-2.7 A.
 HEAVY_REPULSION = geometry_restraints.prolsq_repulsion_function(
     c_rep=16, k_rep=0.85, irexp=1, rexp=4)
