@@ -128,13 +128,6 @@ scale = 1.0
 check_hydrogens = True
   .type = bool
   .help = "Refuse QM regions whose residues lack hydrogens"
-heavy_atom_repulsion = False
-  .type = bool
-  .help = "Add the library's nonbonded repulsion between non-H atoms, \
-           acting only below 0.85 x its van der Waals distances, to the QM \
-           energy. GFN2 packs carbonyl O(i)...C(i+1) and Asp OD1...C \
-           contacts to 2.5-2.7 A, which all-atom clashscore counts as clashes"
-  .short_caption = Library repulsion between heavy atoms
 %(engine_options)s"""
 
 
@@ -150,14 +143,6 @@ def qm_restraints_phil_str(default_restraints="cctbx"):
 #: for other cctbx programs: `include scope qr_phenix.restraints_manager.master_phil_str`
 master_phil_str = qm_restraints_phil_str()
 phil_scope = iotbx.phil.parse(master_phil_str)
-
-
-# heavy_atom_repulsion: the library's repulsion with its van der Waals
-# distances x 0.85, so it acts only where probe counts a clash (an overlap of
-# 0.4 A): O...C is 3.22 A in the library, and a helix's O(i)...C(i+1) at
-# 2.9 A is normal; GFN2 packs them to 2.5-2.7 A.
-HEAVY_REPULSION = geometry_restraints.prolsq_repulsion_function(
-    c_rep=16, k_rep=0.85, irexp=1, rexp=4)
 
 
 class SingleCalculation:
@@ -288,7 +273,7 @@ class QMRestraintsManager:
 
     def __init__(self, standard, evaluator, region_atoms=None, n_atoms=None, scale=1.0,
                  engine_name="qm", charge_assignment=None, caps=(),
-                 qm_sees_symmetry=False, heavy_atoms=None):
+                 qm_sees_symmetry=False):
         self.standard = standard
         self.evaluator = evaluator
         self.region_atoms = None if region_atoms is None else np.asarray(region_atoms)
@@ -298,9 +283,6 @@ class QMRestraintsManager:
         self.charge_assignment = charge_assignment
         self.caps = list(caps)
         self.qm_sees_symmetry = qm_sees_symmetry
-        # heavy_atom_repulsion: a mask over the model's atoms (non-H), else None
-        self.heavy_atoms = None if heavy_atoms is None else np.asarray(heavy_atoms, bool)
-        self._heavy_library = None
         self.inner_library = None
         if self.region_atoms is not None:
             self._region_iselection = flex.size_t([int(i) for i in self.region_atoms])
@@ -422,11 +404,6 @@ class QMRestraintsManager:
                 inner_library=self.inner_library, region_atoms=self.region_atoms)
             if compute_gradients:
                 result.gradients += flex.vec3_double(-np.array(g))
-        if self.heavy_atoms is not None:
-            repulsion, g_repulsion = self._heavy_atom_repulsion(sites_cart, compute_gradients)
-            result.residual_sum += repulsion
-            if compute_gradients:
-                result.gradients += flex.vec3_double(g_repulsion)
         result.library_target = result.residual_sum
         energy, gradient = self.qm_energy_and_gradient(sites_cart)
         if self.energy_reference is None:
@@ -440,35 +417,6 @@ class QMRestraintsManager:
         result.finalize_target_and_gradients()
         return result
 
-    def _heavy_atom_repulsion(self, sites_cart, compute_gradients):
-        """(energy, gradient (n, 3) or None): HEAVY_REPULSION between the
-        non-H atoms whose contacts QM counts (those the library term no
-        longer holds).  With fragments QM sees the mates, so their
-        contacts count too; otherwise the library keeps those already."""
-        if self._heavy_library is None:
-            inside = np.zeros(len(self.heavy_atoms), dtype=bool)
-            inside[slice(None) if self.region_atoms is None else self.region_atoms] = True
-            isel = flex.size_t(np.flatnonzero(inside & self.heavy_atoms).tolist())
-            self._heavy_library = (isel, self.standard.select(iselection=isel))
-        isel, library = self._heavy_library
-        sites = sites_cart.select(isel)
-        g = flex.vec3_double(isel.size(), (0, 0, 0)) if compute_gradients else None
-        if self.region_atoms is None and self.qm_sees_symmetry:
-            nonbonded = library.energies_sites(
-                sites_cart=sites, flags=geometry_restraints.flags.flags(nonbonded=True),
-                custom_nonbonded_function=HEAVY_REPULSION, compute_gradients=g is not None)
-            energy, g = nonbonded.residual_sum, nonbonded.gradients
-        else:
-            pairs = library.pair_proxies(sites_cart=sites).nonbonded_proxies.simple
-            energy = geometry_restraints.nonbonded_residual_sum(
-                sites_cart=sites, proxies=pairs, gradient_array=g,
-                function=HEAVY_REPULSION)
-        if g is None:
-            return energy, None
-        full = np.zeros((sites_cart.size(), 3))
-        full[np.asarray(isel)] = np.array(g)
-        return energy, full
-
     def show_summary(self, log=sys.stdout, prefix="  "):
         if self.region_atoms is None:
             what = "whole model, %d atoms" % self.n_atoms
@@ -476,10 +424,8 @@ class QMRestraintsManager:
             caps = getattr(getattr(self.evaluator, "region", None), "caps", ())
             what = "selection: %d atoms + %d H caps; library restraints for the other %d" % (
                 len(self.region_atoms), len(caps), self.n_atoms - len(self.region_atoms))
-        print("%sQM restraints: engine %s, %s, scale %g%s" % (
-            prefix, self.engine_name, what, self.scale,
-            "; library repulsion between heavy atoms" if self.heavy_atoms is not None
-            else ""), file=log)
+        print("%sQM restraints: engine %s, %s, scale %g" % (
+            prefix, self.engine_name, what, self.scale), file=log)
         if self.charge_assignment is not None:
             self.charge_assignment.show(log, prefix=prefix + "  ")
 
@@ -543,8 +489,6 @@ def build_qm_manager(model, params, log=sys.stdout, fragment_params=None,
             selection[region.atoms] = True
     if params.check_hydrogens:
         chemistry.check_hydrogens(hierarchy, selection)
-    heavy_atoms = [e not in ("H", "D") for e in elements] \
-        if params.heavy_atom_repulsion else None
     if fragment_params is not None:
         from qr_phenix import fragmentation
         if fragmentation.fragments_enabled(fragment_params, n, params.selection):
@@ -552,7 +496,7 @@ def build_qm_manager(model, params, log=sys.stdout, fragment_params=None,
                 model, params, fragment_params, parallel_params, log=log)
             return QMRestraintsManager(standard=standard, evaluator=evaluator, n_atoms=n,
                                        scale=params.scale, engine_name=params.engine,
-                                       qm_sees_symmetry=True, heavy_atoms=heavy_atoms)
+                                       qm_sees_symmetry=True)
     cap_elements = ["H"] * (len(region.caps) if region is not None else 0)
     charges = chemistry.assign_charge_and_multiplicity(
         hierarchy, selection, charge=params.charge, multiplicity=params.multiplicity,
@@ -569,7 +513,7 @@ def build_qm_manager(model, params, log=sys.stdout, fragment_params=None,
         standard=standard, evaluator=evaluator,
         region_atoms=None if region is None else region.atoms, n_atoms=n,
         scale=params.scale, engine_name=params.engine, charge_assignment=charges,
-        caps=() if region is None else region.caps, heavy_atoms=heavy_atoms)
+        caps=() if region is None else region.caps)
 
 
 def install(model, manager):
