@@ -534,19 +534,17 @@ def prepare_hierarchy(hierarchy, crystal_symmetry=None, ph=7.0, add_missing_atom
     n1 = h.atoms_size()
     h.remove_hd()
     report.removed_hydrogens = n1 - h.atoms_size()
-    original_b = {}
-    original_occ = {}
-    original_uij = {}      # ANISOU records: PDBFixer's output has none
+    # per residue: each atom's (B, occupancy, ANISOU or None), and the mean B
+    # and occupancy for rebuilt atoms; PDBFixer's output keeps none of them
+    original = {}
     for chain in h.only_model().chains():
         for rg in chain.residue_groups():
-            original_uij[_key(chain.id, rg)] = {
-                a.name.strip(): a.uij for a in rg.atoms() if a.uij_is_defined()}
-            bs = [a.b for a in rg.atoms()]
-            original_b[_key(chain.id, rg)] = (
-                {a.name.strip(): a.b for a in rg.atoms()}, float(np.mean(bs)) if bs else 20.0)
-            original_occ[_key(chain.id, rg)] = (
-                {a.name.strip(): a.occ for a in rg.atoms()},
-                float(np.mean([a.occ for a in rg.atoms()])) if bs else 1.0)
+            atoms = list(rg.atoms())
+            original[_key(chain.id, rg)] = (
+                {a.name.strip(): (a.b, a.occ, a.uij if a.uij_is_defined() else None)
+                 for a in atoms},
+                float(np.mean([a.b for a in atoms])) if atoms else 20.0,
+                float(np.mean([a.occ for a in atoms])) if atoms else 1.0)
     known = openmm_residue_names()
     polymer_sel = []
     ligand_groups = []
@@ -643,15 +641,14 @@ def prepare_hierarchy(hierarchy, crystal_symmetry=None, ph=7.0, add_missing_atom
         for rg in chain.residue_groups():
             src = sources.get(_key(chain.id, rg), rg)
             new_rg = src.detached_copy()
-            b_by_name, b_mean = original_b.get(_key(chain.id, rg), ({}, 20.0))
-            occ_by_name, occ_mean = original_occ.get(_key(chain.id, rg), ({}, 1.0))
-            uij_by_name = original_uij.get(_key(chain.id, rg), {})
+            by_name, b_mean, occ_mean = original.get(_key(chain.id, rg), ({}, 20.0, 1.0))
             for a in new_rg.atoms():
-                a.set_b(b_by_name.get(a.name.strip(), b_mean))
-                if a.name.strip() in uij_by_name:
-                    a.set_uij(uij_by_name[a.name.strip()])
-                # rebuilt atoms get the residue's mean occupancy, H are set below
-                a.set_occ(occ_by_name.get(a.name.strip(), occ_mean))
+                # rebuilt atoms get the residue's mean B and occupancy, H are set below
+                b, occ, uij = by_name.get(a.name.strip(), (b_mean, occ_mean, None))
+                a.set_b(b)
+                a.set_occ(occ)
+                if uij is not None:
+                    a.set_uij(uij)
             if src is not rg:
                 changed = _fix_link_hydrogens(new_rg, polymer_links.get(
                     _key(chain.id, rg), []))
