@@ -102,6 +102,30 @@ def test_best_cycle_is_handed_back_not_the_last(helix_model):
     assert np.allclose(kept, np.array(ref.state_of(best)["sites"]), atol=1e-5)
 
 
+def test_qm_stage_stops_two_cycles_after_its_best_model(helix_model):
+    """Every cycle after the first is worse: the full protocol gives up after
+    STALE_CYCLES such cycles, the QM stage (which starts from a converged
+    library model) after stages.QM_STALE_CYCLES."""
+    from qr_phenix.refinement import stages
+    limits = Limits(bond_rmsd=0.015, angle_rmsd=2.0, gap=0.05)
+
+    def run(stale_cycles):
+        calls = []
+
+        def r_free_of(scale):      # measured twice a cycle: its trial, its model
+            calls.append(scale)
+            return 0.20 if len(calls) <= 2 else 0.21
+        ref = Scripted(helix_model.deep_copy(), limits, r_free_of=r_free_of,
+                       bond_of=lambda s: 0.005, macro_cycles=8)
+        if stale_cycles is not None:
+            ref.stale_cycles = stale_cycles
+        result = ref.run()
+        assert result.selected == 1 and result.converged
+        return len(result.cycles)
+    assert run(None) == 1 + driver.STALE_CYCLES == 5
+    assert run(stages.QM_STALE_CYCLES) == 1 + 2
+
+
 def test_map_model_within_the_cc_tolerance_of_the_start_is_handed_back():
     """Maps as X-ray: a refined model whose fit is worse by less than the
     tolerance (noise) is handed back; one worse by more is not."""

@@ -113,6 +113,7 @@ class MacroCycleRefinement:
         self.iterations = params.max_iterations     # of the minimisation under way
         self.trial_iterations = params.max_iterations
         self.max_extra_trials = MAX_EXTRA_TRIALS
+        self.stale_cycles = STALE_CYCLES
         self.reporter = None     # progress.CostReporter, told each minimisation
 
     # -- to implement -------------------------------------------------------
@@ -413,10 +414,10 @@ class MacroCycleRefinement:
                       % shift, file=self.log)
                 break
             if self.uses_data and not result.annealing and \
-                    len(result.cycles) - self._best[0] >= STALE_CYCLES:
+                    len(result.cycles) - self._best[0] >= self.stale_cycles:
                 result.converged = True
                 print("Stopped: no better model in the last %d cycles (best: cycle %d)"
-                      % (STALE_CYCLES, self._best[0]), file=self.log)
+                      % (self.stale_cycles, self._best[0]), file=self.log)
                 break
         self._hand_back(result)
         return result
