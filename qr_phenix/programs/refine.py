@@ -520,7 +520,11 @@ Outputs <prefix>.pdb, .cif, .log, .json; a checkpoint after every macro-cycle
             "mode": self.mode,
             "restraints": self.params.qm_restraints.restraints,
             "engine": {"name": self.params.qm_restraints.engine if quantum else None,
-                       "calls": calls, "seconds": seconds},
+                       "calls": calls, "seconds": seconds,
+                       # this process's QM gradients in order (after a resume,
+                       # only those since): what the cost estimate learns from
+                       "gradient_seconds": [round(t, 2) for t in self.reporter.gradient_times]
+                       if self.reporter else []},
             "d_min": self.d_min,
             "start": s.as_dict(),
             "final": f.as_dict(),

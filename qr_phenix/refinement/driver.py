@@ -386,9 +386,10 @@ class MacroCycleRefinement:
                 # it (3kyi chain B, map, GFN2: clashscore 1.9 -> 29 -> 36 at the
                 # same weight); the best model so far is the better start
                 self.set_state(self._best[1])
-                print("  cycle %d starts from %s, the best model so far" % (
-                    cycle + 1, "cycle %d" % self._best[0] if self._best[0] else "the start"),
-                    file=self.log)
+                if not self._stale(result):
+                    print("  cycle %d starts from %s, the best model so far" % (
+                        cycle + 1, "cycle %d" % self._best[0] if self._best[0] else "the start"),
+                        file=self.log)
             if broken:
                 result.stopped = ("covalent bonds broke or formed in cycle %d: %s. Stopped;"
                                   " the model handed back is the best one before. Causes:"
@@ -413,14 +414,18 @@ class MacroCycleRefinement:
                 print("Converged: R and coordinate shifts below tolerance (max shift %.4f A)"
                       % shift, file=self.log)
                 break
-            if self.uses_data and not result.annealing and \
-                    len(result.cycles) - self._best[0] >= self.stale_cycles:
+            if self._stale(result):
                 result.converged = True
                 print("Stopped: no better model in the last %d cycles (best: cycle %d)"
                       % (self.stale_cycles, self._best[0]), file=self.log)
                 break
         self._hand_back(result)
         return result
+
+    def _stale(self, result):
+        """The model to hand back is stale_cycles cycles old: stop."""
+        return self.uses_data and not result.annealing and \
+            len(result.cycles) - self._best[0] >= self.stale_cycles
 
     def _maybe_anneal(self, result, trials, s):
         """Far from the data, the weight within the geometry limits is too weak
