@@ -442,9 +442,11 @@ def test_library_stage_auto_is_off_for_small_whole_model_qm(xray_runs):
 
 
 def test_cost_reporter_estimate_and_progress_lines():
-    """The estimate after the second gradient is (gradients planned) x (time
-    per warm gradient) + steps x (overhead); progress lines appear only after
-    the interval; fragment lines only while one gradient outlasts it."""
+    """The estimate waits for the first gradient along a minimisation (the
+    third: the first is from scratch, the second a restart at the same
+    geometry) and is (gradients planned) x (time per gradient from the third
+    on) + steps x (overhead); progress lines appear only after the interval;
+    fragment lines only while one gradient outlasts it."""
     import io
     from qr_phenix.refinement.progress import CostReporter
     now = {"t": 0.0}
@@ -455,26 +457,29 @@ def test_cost_reporter_estimate_and_progress_lines():
     now["t"] = 10.0
     rep.begin_step("trial 1", 10)
     now["t"] = 14.0
-    rep.engine_call(4.0)
-    # 1.1 gradients per iteration before any step is measured: 11 - 1 more in
-    # this step + 22 in the next, at the mean of the first two gradients
-    # (6 s), + 2 steps x 2 s overhead
-    assert rep.estimates[-1][1] == pytest.approx(14.0 + 32 * 6.0 + 2 * 2.0)
+    rep.engine_call(2.0)               # restarted at the same geometry
+    assert not rep.estimates and "estimate for the run" not in log.getvalue()
+    now["t"] = 20.0
+    rep.engine_call(6.0)               # after the first step
+    # 1.1 gradients per iteration before any step is measured: 11 - 2 more in
+    # this step + 22 in the next, at the third gradient's 6 s, + 2 steps x 2 s
+    assert rep.estimates[-1][1] == pytest.approx(20.0 + 31 * 6.0 + 2 * 2.0)
     assert "First QM gradient: 8 s" in log.getvalue()
+    assert "QM gradients so far: 8 s, 2 s, 6 s; 6 s per gradient assumed" in log.getvalue()
     assert "estimate for the run: 4 min" in log.getvalue()
     n_lines = len(log.getvalue().splitlines())
-    now["t"] = 18.0
+    now["t"] = 24.0
     rep.engine_call(4.0)
     rep.fragments_done(5, 10)
     assert len(log.getvalue().splitlines()) == n_lines       # nothing before 60 s
-    now["t"] = 80.0
+    now["t"] = 86.0
     rep.fragments_done(5, 10)           # one gradient running for 62 s
     assert "5 of 10 fragments done" in log.getvalue().splitlines()[-1]
     now["t"] = 150.0
     rep.engine_call(70.0)
-    assert "trial 1: 3 QM gradients" in log.getvalue().splitlines()[-1]
+    assert "trial 1: 4 QM gradients" in log.getvalue().splitlines()[-1]
     rep.end_step()
-    assert rep.calls_per_iteration() == pytest.approx(3 / 10.0)
+    assert rep.calls_per_iteration() == pytest.approx(4 / 10.0)
     rep.plan([("cycle 1 weight trial 4", 10), ("cycle 2 of 2", 20)])
     rep.drop_steps("cycle 1 weight trial ")      # the search ended early
     assert rep.plan_steps == [("cycle 2 of 2", 20)]

@@ -7,8 +7,8 @@ minimisations still to come and their iteration limits), each QM gradient's
 time (from the restraints manager) and each finished fragment (from the
 fragment executor).  It prints:
 
-* after the first QM gradient its time, and after the second (the first
-  restarts from wavefunctions) the time per gradient and an estimate for the run;
+* after the first QM gradient its time; after the third (the first along a
+  minimisation) the time per gradient and an estimate for the run;
 * at most every `interval` seconds while a step runs: gradients done, the
   time per gradient, and the estimated time left (fragments done too when
   one gradient outlasts the interval);
@@ -31,6 +31,11 @@ import time
 #: GFN2: 72 gradients for 6 trials of 10 iterations, 27 for a 25-iteration cycle)
 CALLS_PER_ITERATION = 1.1
 RECENT = 5   # gradients averaged for the time per gradient
+#: The first QM gradient is from scratch (engines set up, no wavefunction), the
+#: second a restart at the same geometry; the third is the first after a step,
+#: like the rest (3kyi, GFN2, 2 processes: 19.1 s, 8.8 s, then 13.6 s against
+#: 13.8 s on average over the run's 124), so the estimate waits for it.
+FIRST_ESTIMATE_AFTER = 3
 
 
 def minutes(seconds):
@@ -107,24 +112,25 @@ class CostReporter:
             self.step_calls += 1
             self.step_engine += float(seconds)
         if self.calls_done == 1:
-            # the first call sets up the engines (every fragment from a fresh
-            # guess): 2x the later ones on 1va7, so the estimate waits for the next
+            # the first call sets up the engines (every fragment from a fresh guess)
             print("  First QM gradient: %s (engines set up, no wavefunction to restart"
-                  " from); the cost estimate follows the next one" % minutes(seconds),
+                  " from); the cost estimate follows the first gradient along a"
+                  " minimisation" % minutes(seconds),
                   file=self.log)
             self._flush()
             self.last_print = now
-        elif self.calls_done == 2:
+        elif self.calls_done == FIRST_ESTIMATE_AFTER:
             total = self.estimate_total()
             self.estimates.append((now - self.t0, total))
-            print("  Second QM gradient (restarted): %s; %s per gradient assumed. Planned: %s;"
+            print("  QM gradients so far: %s; %s per gradient assumed. Planned: %s;"
                   " estimate for the run: %s (%s from now)"
-                  % (minutes(seconds), minutes(self.seconds_per_gradient()),
+                  % (", ".join(minutes(t) for t in self.gradient_times),
+                     minutes(self.seconds_per_gradient()),
                      self.describe_plan(), minutes(total), minutes(total - (now - self.t0))),
                   file=self.log)
             self._flush()
             self.last_print = now
-        elif now - self.last_print >= self.interval:
+        elif self.calls_done > FIRST_ESTIMATE_AFTER and now - self.last_print >= self.interval:
             self.last_print = now
             total = self.estimate_total()
             self.estimates.append((now - self.t0, total))
@@ -149,11 +155,8 @@ class CostReporter:
 
     # -- the estimate -----------------------------------------------------------------
     def seconds_per_gradient(self):
-        """Mean of the last RECENT gradients; with only two measured, their mean:
-        the first is from scratch (no wavefunction anywhere), the second a
-        restart at nearly the same geometry, and gradients along minimisations
-        fall in between (1va7, GFN2, 2 processes: 12 s, 6 s, then 9.3 s on
-        average over the weight trials)."""
+        """Mean of the last RECENT gradients from the third on; before the
+        third, the mean of the first two."""
         times = self.gradient_times
         recent = times[:2] if len(times) <= 2 else times[2:][-RECENT:]
         return sum(recent) / len(recent) if recent else 0.0

@@ -161,8 +161,9 @@ class StagedRefinement:
         # the engine per step (data target, B, validation) until one is measured
         minimisations = len(self.library_result.trials) + sum(
             1 for c in self.library_result.cycles if "trials" not in c.note)
-        print("\n=== QM stage: %d macro-cycles from the library stage's model ==="
-              % self.params.qm_macro_cycles, file=self.log)
+        print("\n=== QM stage: up to %d macro-cycles from the library stage's model"
+              " (stops when %d bring no better model) ==="
+              % (self.params.qm_macro_cycles, QM_STALE_CYCLES), file=self.log)
         self.quantum = self.make(True, qm_stage_params(self.params), self.qm_checkpoint,
                                  self._load(self.qm_checkpoint), self.fmodel)
         self.quantum.checkpoint_meta = lambda: {"fingerprint": self.fingerprint}
