@@ -106,7 +106,9 @@ def test_qm_stage_stops_two_cycles_after_its_best_model(helix_model):
     """Every cycle after the first is worse: the full protocol gives up after
     STALE_CYCLES such cycles, the QM stage (which starts from a converged
     library model) after stages.QM_STALE_CYCLES."""
+    import io
     from qr_phenix.refinement import stages
+    from qr_phenix.refinement.progress import CostReporter
     limits = Limits(bond_rmsd=0.015, angle_rmsd=2.0, gap=0.05)
 
     def run(stale_cycles):
@@ -117,10 +119,13 @@ def test_qm_stage_stops_two_cycles_after_its_best_model(helix_model):
             return 0.20 if len(calls) <= 2 else 0.21
         ref = Scripted(helix_model.deep_copy(), limits, r_free_of=r_free_of,
                        bond_of=lambda s: 0.005, macro_cycles=8)
+        ref.reporter = CostReporter(io.StringIO())
         if stale_cycles is not None:
             ref.stale_cycles = stale_cycles
         result = ref.run()
         assert result.selected == 1 and result.converged
+        # the cost estimate's lower figure: a run whose start stays best
+        assert ref.reporter.earliest_stop == ref.stale_cycles
         return len(result.cycles)
     assert run(None) == 1 + driver.STALE_CYCLES == 5
     assert run(stages.QM_STALE_CYCLES) == 1 + 2

@@ -452,7 +452,9 @@ def test_cost_reporter_estimate_and_progress_lines():
     now = {"t": 0.0}
     log = io.StringIO()
     rep = CostReporter(log, interval=60.0, overhead_per_step=2.0, clock=lambda: now["t"])
-    rep.plan([("trial 1", 10), ("cycle 2 of 2", 20)])
+    # the run may stop after cycle 2 (stale rule): cycle 3 is counted apart
+    rep.plan([("trial 1", 10, 1), ("cycle 2 of 3", 20, 2), ("cycle 3 of 3", 20, 3)],
+             earliest_stop=2)
     rep.engine_call(8.0)               # the start model, cold
     now["t"] = 10.0
     rep.begin_step("trial 1", 10)
@@ -462,11 +464,13 @@ def test_cost_reporter_estimate_and_progress_lines():
     now["t"] = 20.0
     rep.engine_call(6.0)               # after the first step
     # 1.1 gradients per iteration before any step is measured: 11 - 2 more in
-    # this step + 22 in the next, at the third gradient's 6 s, + 2 steps x 2 s
-    assert rep.estimates[-1][1] == pytest.approx(20.0 + 31 * 6.0 + 2 * 2.0)
+    # this step + 22 in each cycle, at the third gradient's 6 s, + 3 steps x 2 s
+    assert rep.estimates[-1][1] == pytest.approx(20.0 + 53 * 6.0 + 3 * 2.0)
+    assert rep.earliest_estimate == pytest.approx(20.0 + 31 * 6.0 + 2 * 2.0)
     assert "First QM gradient: 8 s" in log.getvalue()
     assert "QM gradients so far: 8 s, 2 s, 6 s; 6 s per gradient assumed" in log.getvalue()
-    assert "estimate for the run: 4 min" in log.getvalue()
+    assert ("estimate for the run: 6 min (5 min from now); 4 min if it stops after"
+            " cycle 2") in log.getvalue()
     n_lines = len(log.getvalue().splitlines())
     now["t"] = 24.0
     rep.engine_call(4.0)
@@ -480,7 +484,7 @@ def test_cost_reporter_estimate_and_progress_lines():
     assert "trial 1: 4 QM gradients" in log.getvalue().splitlines()[-1]
     rep.end_step()
     assert rep.calls_per_iteration() == pytest.approx(4 / 10.0)
-    rep.plan([("cycle 1 weight trial 4", 10), ("cycle 2 of 2", 20)])
+    rep.plan([("cycle 1 weight trial 4", 10, 1), ("cycle 2 of 2", 20, 2)])
     rep.drop_steps("cycle 1 weight trial ")      # the search ended early
     assert rep.plan_steps == [("cycle 2 of 2", 20)]
 

@@ -539,6 +539,8 @@ Outputs <prefix>.pdb, .cif, .log, .json; a checkpoint after every macro-cycle
             "library_stage": self._library_stage_summary(),
             "cost_estimates": [{"elapsed_s": e, "estimated_total_s": t}
                                for e, t in self.reporter.estimates] if self.reporter else [],
+            "cost_estimate_earliest_stop_s": self.reporter.earliest_estimate
+            if self.reporter else None,
             "data": self._data_summary(),
             "wall_seconds": wall,
             "outputs": {"pdb": os.path.abspath(prefix + ".pdb") if pdb_ok else None,

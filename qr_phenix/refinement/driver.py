@@ -201,11 +201,15 @@ class MacroCycleRefinement:
             self.iterations = self.params.max_iterations
 
     def plan(self, result, n_cycles):
-        """(label, iterations) of the minimisations still to come, for the cost
-        reporter: the first weight search (when one is due), one per cycle,
-        and trials around the weight in every cycle with weight_search=every."""
+        """For the cost reporter: (steps, earliest_stop).  steps: (label,
+        iterations, cycle) of the minimisations still to come: the first weight
+        search (when one is due), one per cycle, and trials around the weight
+        in every cycle with weight_search=every.  earliest_stop: the first
+        cycle after which the stale rule can end the run (the best model so
+        far plus stale_cycles), or None when that is the last cycle."""
         steps = []
         first = len(result.cycles) + 1
+        earliest_stop = self._best[0] + self.stale_cycles if self.uses_data else n_cycles
         for cycle in range(first, n_cycles + 1):
             first_search = result.scale is None and cycle == first
             searching = self.uses_data and self._fixed_scale is None and (
@@ -216,11 +220,12 @@ class MacroCycleRefinement:
                 # its allowance (the QM stage of 1va7 took all 3)
                 n_trials = len(scales) + (
                     (self.max_extra_trials + 1) // 2 if first_search else 0)
-                steps += [(self._trial_label(cycle, k), self.trial_iterations)
+                steps += [(self._trial_label(cycle, k), self.trial_iterations, cycle)
                           for k in range(n_trials)]
             else:
-                steps.append(("cycle %d of %d" % (cycle, n_cycles), self.params.max_iterations))
-        return steps
+                steps.append(("cycle %d of %d" % (cycle, n_cycles), self.params.max_iterations,
+                              cycle))
+        return steps, (earliest_stop if earliest_stop < n_cycles else None)
 
     @staticmethod
     def _trial_label(cycle, k):
@@ -331,7 +336,8 @@ class MacroCycleRefinement:
             self.limits.max_clashscore = result.start.clashscore
         n_cycles = p.macro_cycles if self.uses_data or p.macro_cycles else 1
         if self.reporter is not None:
-            self.reporter.plan(self.plan(result, n_cycles))
+            steps, earliest_stop = self.plan(result, n_cycles)
+            self.reporter.plan(steps, earliest_stop)
         for cycle in range(len(result.cycles) + 1, n_cycles + 1):
             label = "cycle %d of %d" % (cycle, n_cycles)
             t0 = time.perf_counter()

@@ -20,7 +20,10 @@ still planned) x (time per step outside the engine).  Gradients per
 iteration and the time outside the engine are measured as the run goes;
 before the first finished step they are taken as CALLS_PER_ITERATION and the
 `overhead_per_step` the caller measured (the library stage's time per
-minimisation, when there was one).
+minimisation, when there was one).  The plan counts every macro-cycle, but
+the run stops once its best model is stale_cycles cycles old (QM stage: 2),
+so the first estimate also gives the time of a run that stops at the first
+such point.
 """
 
 import sys
@@ -56,6 +59,8 @@ class CostReporter:
         self.t0 = self.clock() if t0 is None else t0   # the run's start
         self.overhead_guess = float(overhead_per_step)
         self.plan_steps = []          # [(label, iterations)] still to come
+        self.cycle_of = {}            # label -> macro-cycle
+        self.earliest_stop = None     # the first cycle after which the run may stop
         self.step_label = None
         self.step_iterations = 0
         self.step_t0 = None
@@ -70,11 +75,16 @@ class CostReporter:
         self.last_print = None
         self.last_call_end = None
         self.estimates = []           # (elapsed, estimated total) as printed
+        self.earliest_estimate = None  # the first estimate's total for the earliest stop
 
     # -- told by the driver --------------------------------------------------------
-    def plan(self, steps):
-        """The minimisations still to come, as (label, iteration limit)."""
-        self.plan_steps = list(steps)
+    def plan(self, steps, earliest_stop=None):
+        """The minimisations still to come, as (label, iteration limit, cycle);
+        earliest_stop: the first cycle after which the run may stop (None: it
+        runs every cycle), for the estimate's lower figure."""
+        self.plan_steps = [(label, n) for label, n, _ in steps]
+        self.cycle_of = {label: cycle for label, _, cycle in steps}
+        self.earliest_stop = earliest_stop
 
     def begin_step(self, label, iterations):
         self.step_label = label
@@ -122,11 +132,16 @@ class CostReporter:
         elif self.calls_done == FIRST_ESTIMATE_AFTER:
             total = self.estimate_total()
             self.estimates.append((now - self.t0, total))
+            earliest = self.estimate_total(earliest=True)
+            self.earliest_estimate = earliest
             print("  QM gradients so far: %s; %s per gradient assumed. Planned: %s;"
-                  " estimate for the run: %s (%s from now)"
+                  " estimate for the run: %s (%s from now)%s"
                   % (", ".join(minutes(t) for t in self.gradient_times),
                      minutes(self.seconds_per_gradient()),
-                     self.describe_plan(), minutes(total), minutes(total - (now - self.t0))),
+                     self.describe_plan(), minutes(total), minutes(total - (now - self.t0)),
+                     "; %s if it stops after cycle %d, as when no cycle beats the"
+                     " best model so far" % (minutes(earliest), self.earliest_stop)
+                     if earliest < total else ""),
                   file=self.log)
             self._flush()
             self.last_print = now
@@ -171,17 +186,26 @@ class CostReporter:
             return sum(self.overheads) / len(self.overheads)
         return self.overhead_guess
 
-    def remaining_gradients(self):
+    def _steps_to_come(self, earliest):
+        """Planned steps still to come; with `earliest`, only those up to the
+        earliest stop."""
+        if not earliest or self.earliest_stop is None:
+            return self.plan_steps
+        return [(l, n) for l, n in self.plan_steps
+                if self.cycle_of.get(l, 0) <= self.earliest_stop]
+
+    def remaining_gradients(self, earliest=False):
         per = self.calls_per_iteration()
         current = max(0.0, self.step_iterations * per - self.step_calls) \
             if self.step_t0 is not None else 0.0
-        return current + sum(n * per for _, n in self.plan_steps)
+        return current + sum(n * per for _, n in self._steps_to_come(earliest))
 
-    def estimate_total(self):
-        """Estimated wall time of the whole run, from the reporter's start."""
+    def estimate_total(self, earliest=False):
+        """Estimated wall time of the whole run, from the reporter's start;
+        with `earliest`, of a run that stops at the earliest stop."""
         now = self.clock()
-        left = self.remaining_gradients() * self.seconds_per_gradient()
-        steps_left = len(self.plan_steps) + (1 if self.step_t0 is not None else 0)
+        left = self.remaining_gradients(earliest) * self.seconds_per_gradient()
+        steps_left = len(self._steps_to_come(earliest)) + (1 if self.step_t0 is not None else 0)
         left += steps_left * self.overhead_per_step()
         return (now - self.t0) + left
 
