@@ -112,14 +112,16 @@ def main(argv):
         calls = r["engine"]["calls"]
         estimate = r["cost_estimates"][0]["estimated_total_s"] if r["cost_estimates"] \
             else None
+        earliest = r.get("cost_estimate_earliest_stop_s")
         print("| %s | %.4f / %.4f | %.3f / %.2f -> %.4f / %.2f | %.1f -> %.1f | %d | %s |"
               " %.0f | %s |" % (
                   tag, s["map_cc"], f["map_cc"], s["bond_rmsd"], s["angle_rmsd"],
                   f["bond_rmsd"], f["angle_rmsd"], s["clashscore"], f["clashscore"], calls,
                   "%.1f" % (r["engine"]["seconds"] / calls) if calls else "-",
                   r["wall_seconds"],
-                  "%.0f (%+.0f%%)" % (estimate, 100.0 * (estimate - r["wall_seconds"])
-                                      / r["wall_seconds"]) if estimate else "-"))
+                  "; earliest stop ".join(
+                      "%.0f (%+.0f%%)" % (e, 100.0 * (e - r["wall_seconds"]) / r["wall_seconds"])
+                      for e in (estimate, earliest) if e) or "-"))
         sys.stdout.flush()
 
 

@@ -121,10 +121,13 @@ def cost_line(entry, tag, r):
     first = r["cost_estimates"][0]
     wall = r["wall_seconds"]
     per = r["engine"]["seconds"] / max(1, r["engine"]["calls"])
+    earliest = r.get("cost_estimate_earliest_stop_s")
     return ("  %s %s: %.1f s per QM gradient; estimate %.0f s printed after %.0f s,"
-            " wall %.0f s (%+.0f%%)%s" % (
+            " wall %.0f s (%+.0f%%)%s%s" % (
                 entry, tag, per, first["estimated_total_s"], first["elapsed_s"], wall,
                 100.0 * (first["estimated_total_s"] - wall) / wall,
+                "; if stopped at the earliest: %.0f s (%+.0f%%)" % (
+                    earliest, 100.0 * (earliest - wall) / wall) if earliest else "",
                 "; library stage %d cycles" % r["library_stage"]["cycles"]
                 if r.get("library_stage") else ""))
 
