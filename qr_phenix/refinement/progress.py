@@ -170,10 +170,10 @@ class CostReporter:
 
     # -- the estimate -----------------------------------------------------------------
     def seconds_per_gradient(self):
-        """Mean of the last RECENT gradients from the third on; before the
-        third, the mean of the first two."""
-        times = self.gradient_times
-        recent = times[:2] if len(times) <= 2 else times[2:][-RECENT:]
+        """Mean of the last RECENT gradients from FIRST_ESTIMATE_AFTER on;
+        before it, the mean of those measured."""
+        times, warm_up = self.gradient_times, FIRST_ESTIMATE_AFTER - 1
+        recent = times if len(times) <= warm_up else times[warm_up:][-RECENT:]
         return sum(recent) / len(recent) if recent else 0.0
 
     def calls_per_iteration(self):
