@@ -128,6 +128,14 @@ scale = 1.0
 check_hydrogens = True
   .type = bool
   .help = "Refuse QM regions whose residues lack hydrogens"
+oxygen_carbon_repulsion = True
+  .type = bool
+  .help = "Add a harmonic repulsion between O and C atoms that are not \
+           bonded, acting below 0.88 x the library's van der Waals distance \
+           (2.83 A for a carbonyl O and C), to the QM energy. GFN2 packs \
+           carbonyl O(i)...C(i+1) and Asp OD1...C contacts to 2.6-2.7 A, \
+           which all-atom clashscore counts as clashes (below 2.75 A)"
+  .short_caption = O...C repulsion
 %(engine_options)s"""
 
 
@@ -143,6 +151,50 @@ def qm_restraints_phil_str(default_restraints="cctbx"):
 #: for other cctbx programs: `include scope qr_phenix.restraints_manager.master_phil_str`
 master_phil_str = qm_restraints_phil_str()
 phil_scope = iotbx.phil.parse(master_phil_str)
+
+
+# oxygen_carbon_repulsion: O...C pairs of the library's nonbonded list (not
+# bonded, no angle between them; 1-4 pairs have shorter distances) closer
+# than 0.88 x their library distance.  Carbonyl O...C is 3.22 A in the
+# library, so the wall starts at 2.83 A; probe2 counts a carbonyl O...C
+# below 2.75 A as a clash (radii 1.40 + 1.75 A, overlap 0.4 A), and a
+# helix's O(i)...C(i+1) at 2.9-3.0 A is untouched.  GFN2 (fragments,
+# implicit water) packs such pairs to 2.6-2.7 A: 10 of the 28 clashes of
+# 1va7's QM model, 4 of the 7 a geometry-only minimisation of a library
+# chain made.  A harmonic term 100 (r0 - r)^2 kcal/mol stops that; the
+# library's own quartic term (16 (r0 - r)^4) is ~0.01 kcal/mol there.
+OC_REPULSION = geometry_restraints.prolsq_repulsion_function(
+    c_rep=100.0, k_rep=0.88, irexp=1, rexp=2)
+
+
+class OxygenCarbonRepulsion:
+    """OC_REPULSION over the library's nonbonded O...C pairs whose both atoms
+    are in `inside` (the QM region: the library keeps the other contacts),
+    symmetry mates included.  energy(sites_cart, gradients) adds its gradient
+    into `gradients` (a vec3_double, or None) and returns the energy."""
+
+    def __init__(self, standard, elements, inside):
+        self.standard = standard
+        kind = np.array([{"O": 1, "C": 2}.get(e, 0) for e in elements])
+        self.kind = np.where(inside, kind, 0)
+
+    def _oc(self, i, j):
+        return self.kind[i] * self.kind[j] == 2
+
+    def energy(self, sites_cart, gradients=None):
+        sorted_proxies = self.standard.pair_proxies(
+            sites_cart=sites_cart).nonbonded_proxies
+        pairs = geometry_restraints.nonbonded_sorted_asu_proxies(
+            asu_mappings=sorted_proxies.asu_mappings())
+        for proxy in sorted_proxies.simple:
+            if self._oc(*proxy.i_seqs):
+                pairs.process(proxy)
+        for proxy in sorted_proxies.asu:
+            if self._oc(proxy.i_seq, proxy.j_seq):
+                pairs.process(proxy)
+        return geometry_restraints.nonbonded_residual_sum(
+            sites_cart=sites_cart, sorted_asu_proxies=pairs, gradient_array=gradients,
+            function=OC_REPULSION, disable_cache=True)
 
 
 class SingleCalculation:
@@ -273,7 +325,7 @@ class QMRestraintsManager:
 
     def __init__(self, standard, evaluator, region_atoms=None, n_atoms=None, scale=1.0,
                  engine_name="qm", charge_assignment=None, caps=(),
-                 qm_sees_symmetry=False):
+                 qm_sees_symmetry=False, elements=None):
         self.standard = standard
         self.evaluator = evaluator
         self.region_atoms = None if region_atoms is None else np.asarray(region_atoms)
@@ -283,6 +335,12 @@ class QMRestraintsManager:
         self.charge_assignment = charge_assignment
         self.caps = list(caps)
         self.qm_sees_symmetry = qm_sees_symmetry
+        # oxygen_carbon_repulsion on: the model's elements, else None
+        self.oxygen_carbon = None
+        if elements is not None:
+            inside = np.zeros(len(elements), dtype=bool)
+            inside[slice(None) if self.region_atoms is None else self.region_atoms] = True
+            self.oxygen_carbon = OxygenCarbonRepulsion(standard, elements, inside)
         self.inner_library = None
         if self.region_atoms is not None:
             self._region_iselection = flex.size_t([int(i) for i in self.region_atoms])
@@ -409,7 +467,15 @@ class QMRestraintsManager:
         if self.energy_reference is None:
             self.energy_reference = energy
         result.qm_energy = energy
-        result.qm_target = self.scale * (energy - self.energy_reference)
+        result.oxygen_carbon_repulsion = 0.0
+        if self.oxygen_carbon is not None:
+            # part of the QM model's energy, so it takes the QM scale too
+            g_oc = flex.vec3_double(sites_cart.size(), (0, 0, 0)) if compute_gradients else None
+            result.oxygen_carbon_repulsion = self.oxygen_carbon.energy(sites_cart, g_oc)
+            if compute_gradients:
+                gradient = gradient + np.array(g_oc)
+        result.qm_target = self.scale * (energy - self.energy_reference
+                                         + result.oxygen_carbon_repulsion)
         result.residual_sum += result.qm_target
         if compute_gradients:
             result.gradients += flex.vec3_double(self.scale * gradient)
@@ -424,8 +490,10 @@ class QMRestraintsManager:
             caps = getattr(getattr(self.evaluator, "region", None), "caps", ())
             what = "selection: %d atoms + %d H caps; library restraints for the other %d" % (
                 len(self.region_atoms), len(caps), self.n_atoms - len(self.region_atoms))
-        print("%sQM restraints: engine %s, %s, scale %g" % (
-            prefix, self.engine_name, what, self.scale), file=log)
+        print("%sQM restraints: engine %s, %s, scale %g%s" % (
+            prefix, self.engine_name, what, self.scale,
+            "; O...C repulsion below 0.88 x library distances"
+            if self.oxygen_carbon is not None else ""), file=log)
         if self.charge_assignment is not None:
             self.charge_assignment.show(log, prefix=prefix + "  ")
 
@@ -489,6 +557,7 @@ def build_qm_manager(model, params, log=sys.stdout, fragment_params=None,
             selection[region.atoms] = True
     if params.check_hydrogens:
         chemistry.check_hydrogens(hierarchy, selection)
+    oc_elements = elements if params.oxygen_carbon_repulsion else None
     if fragment_params is not None:
         from qr_phenix import fragmentation
         if fragmentation.fragments_enabled(fragment_params, n, params.selection):
@@ -496,7 +565,7 @@ def build_qm_manager(model, params, log=sys.stdout, fragment_params=None,
                 model, params, fragment_params, parallel_params, log=log)
             return QMRestraintsManager(standard=standard, evaluator=evaluator, n_atoms=n,
                                        scale=params.scale, engine_name=params.engine,
-                                       qm_sees_symmetry=True)
+                                       qm_sees_symmetry=True, elements=oc_elements)
     cap_elements = ["H"] * (len(region.caps) if region is not None else 0)
     charges = chemistry.assign_charge_and_multiplicity(
         hierarchy, selection, charge=params.charge, multiplicity=params.multiplicity,
@@ -513,7 +582,7 @@ def build_qm_manager(model, params, log=sys.stdout, fragment_params=None,
         standard=standard, evaluator=evaluator,
         region_atoms=None if region is None else region.atoms, n_atoms=n,
         scale=params.scale, engine_name=params.engine, charge_assignment=charges,
-        caps=() if region is None else region.caps)
+        caps=() if region is None else region.caps, elements=oc_elements)
 
 
 def install(model, manager):
