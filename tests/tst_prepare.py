@@ -38,6 +38,16 @@ def test_1us0_end_to_end(prepared):
     names313 = {a.name.strip() for rg in h.residue_groups() if rg.resseq.strip() == "313"
                 for a in rg.atoms()}
     assert {"CD", "OE1", "OXT"} <= names313
+    # the added OXT is trigonal at C (PDBFixer's template fit alone left
+    # CA-C-OXT at 75-92 deg on 4 of the 6 C-termini of 1va7 and 3kyi)
+    glu313 = {a.name.strip(): np.array(a.xyz) for rg in h.residue_groups()
+              if rg.resseq.strip() == "313" for a in rg.atoms()}
+
+    def angle(a, b, c):
+        u, v = glu313[a] - glu313[b], glu313[c] - glu313[b]
+        return np.degrees(np.arccos(u @ v / np.linalg.norm(u) / np.linalg.norm(v)))
+    assert 110 < angle("CA", "C", "OXT") < 130 and 110 < angle("O", "C", "OXT") < 130
+    assert 1.2 < np.linalg.norm(glu313["OXT"] - glu313["C"]) < 1.3
     # ligands: NADPH phosphates -4, inhibitor carboxylate -1, citrates -3
     charges = dict(c.split(": charge ")[0:2] for c in report.ligand_choices)
     assert charges["A NDP 318"].split()[0] == "-4"

@@ -402,3 +402,49 @@ def test_replaced_terms_follow_the_documented_rule(peptide):
     assert has(replaced.dihedral, "CA", "CB", "CG", "CD")
     assert not has(replaced.dihedral, "N", "CA", "CB", "CG")  # axis through the link atom
     assert not has(replaced.chirality, "CA", "N", "C", "CB")  # chiral centre = link atom
+
+
+def test_oxygen_carbon_repulsion_acts_on_squeezed_carbonyl_contacts_only(helix):
+    """qm_restraints.oxygen_carbon_repulsion: a carbonyl O pushed to 2.6 A of
+    the next residue's C (GFN2 packs these to 2.6-2.7 A; probe counts a clash
+    below 2.75 A) costs energy on top of QM, the helix's own O(i)...C(i+1)
+    and an H...H pair at 1.6 A do not; off, the term is gone; the gradient
+    matches finite differences."""
+    models = {}
+    for on in (False, True):
+        models[on] = process_model(helix, grm_normalization=False)
+        rm.setup_restraints(models[on], qm_params(oxygen_carbon_repulsion=on))
+    atoms = list(models[True].get_hierarchy().atoms())
+    xyz = np.array(models[True].get_sites_cart())
+
+    def index(resseq, name):
+        return next(k for k, a in enumerate(atoms) if a.name.strip() == name
+                    and a.parent().parent().resseq_as_int() == resseq)
+
+    def squeezed(i, j, d):
+        s = xyz.copy()
+        v = s[i] - s[j]
+        s[i] = s[j] + v / np.linalg.norm(v) * d
+        return flex.vec3_double(s)
+
+    def extra(sites):
+        t = {on: models[on].get_restraints_manager().geometry.energies_sites(
+            sites_cart=sites) for on in (False, True)}
+        assert t[False].oxygen_carbon_repulsion == 0
+        return t[True].target - t[False].target
+
+    first = min(a.parent().parent().resseq_as_int() for a in atoms)
+    o, c = index(first + 1, "O"), index(first + 2, "C")
+    assert np.linalg.norm(xyz[o] - xyz[c]) > 2.85
+    assert extra(models[True].get_sites_cart()) == pytest.approx(0, abs=1e-9)
+    assert extra(squeezed(o, c, 2.6)) > 1.0
+    # gentler squeeze, smaller penalty: a wall, not a constant
+    assert 0 < extra(squeezed(o, c, 2.75)) < extra(squeezed(o, c, 2.6))
+    h1, h2 = index(first + 1, "HA2"), index(first + 2, "H")
+    assert extra(squeezed(h1, h2, 1.6)) == pytest.approx(0, abs=1e-9)
+    grm = models[True].get_restraints_manager().geometry
+    sites = squeezed(o, c, 2.6)
+    g = np.array(grm.energies_sites(sites_cart=sites, compute_gradients=True).gradients)
+    fd = central_difference(grm, sites, [o, c])
+    an = g[[o, c]].ravel()
+    assert np.linalg.norm(fd - an) / np.linalg.norm(an) < 1e-3
