@@ -170,19 +170,19 @@ OC_REPULSION = geometry_restraints.prolsq_repulsion_function(
 class OxygenCarbonRepulsion:
     """OC_REPULSION over the library's nonbonded O...C pairs whose both atoms
     are in `inside` (the QM region: the library keeps the other contacts),
-    symmetry mates included.  energy(sites_cart, gradients) adds its gradient
-    into `gradients` (a vec3_double, or None) and returns the energy."""
+    symmetry mates included.  energy(standard, sites_cart, gradients) takes
+    the pairs from the library manager `standard`, adds its gradient into
+    `gradients` (a vec3_double, or None) and returns the energy."""
 
-    def __init__(self, standard, elements, inside):
-        self.standard = standard
+    def __init__(self, elements, inside):
         kind = np.array([{"O": 1, "C": 2}.get(e, 0) for e in elements])
         self.kind = np.where(inside, kind, 0)
 
     def _oc(self, i, j):
         return self.kind[i] * self.kind[j] == 2
 
-    def energy(self, sites_cart, gradients=None):
-        sorted_proxies = self.standard.pair_proxies(
+    def energy(self, standard, sites_cart, gradients=None):
+        sorted_proxies = standard.pair_proxies(
             sites_cart=sites_cart).nonbonded_proxies
         pairs = geometry_restraints.nonbonded_sorted_asu_proxies(
             asu_mappings=sorted_proxies.asu_mappings())
@@ -340,7 +340,7 @@ class QMRestraintsManager:
         if elements is not None:
             inside = np.zeros(len(elements), dtype=bool)
             inside[slice(None) if self.region_atoms is None else self.region_atoms] = True
-            self.oxygen_carbon = OxygenCarbonRepulsion(standard, elements, inside)
+            self.oxygen_carbon = OxygenCarbonRepulsion(elements, inside)
         self.inner_library = None
         if self.region_atoms is not None:
             self._region_iselection = flex.size_t([int(i) for i in self.region_atoms])
@@ -471,7 +471,8 @@ class QMRestraintsManager:
         if self.oxygen_carbon is not None:
             # part of the QM model's energy, so it takes the QM scale too
             g_oc = flex.vec3_double(sites_cart.size(), (0, 0, 0)) if compute_gradients else None
-            result.oxygen_carbon_repulsion = self.oxygen_carbon.energy(sites_cart, g_oc)
+            result.oxygen_carbon_repulsion = self.oxygen_carbon.energy(
+                self.standard, sites_cart, g_oc)
             if compute_gradients:
                 gradient = gradient + np.array(g_oc)
         result.qm_target = self.scale * (energy - self.energy_reference
