@@ -40,6 +40,12 @@ library term (a cap H with region atoms); they are part of the QM model.
 Whole model from fragments (qr_phenix.fragmentation): buffers hold symmetry
 images, so QM sees the mates and T = scale * (E_QM - E_0) alone.
 
+With qm_restraints.oxygen_carbon_repulsion (default) the QM term is
+scale * (E_QM - E_0 + E_OC): E_OC, a harmonic wall between O and C atoms of
+R closer than 0.88 x their library distance (OC_REPULSION below; GFN2 packs
+carbonyl O...C contacts that clashscore counts as clashes), is reported as
+`oxygen_carbon_repulsion` beside `qm_energy`.
+
 E_0 is the QM energy of the first evaluation: a constant that keeps target
 values small (it cancels in gradients, in weights and in line searches).
 
@@ -163,8 +169,9 @@ phil_scope = iotbx.phil.parse(master_phil_str)
 # 1va7's QM model, 4 of the 7 a geometry-only minimisation of a library
 # chain made.  A harmonic term 100 (r0 - r)^2 kcal/mol stops that; the
 # library's own quartic term (16 (r0 - r)^4) is ~0.01 kcal/mol there.
+OC_DISTANCE_FRACTION = 0.88
 OC_REPULSION = geometry_restraints.prolsq_repulsion_function(
-    c_rep=100.0, k_rep=0.88, irexp=1, rexp=2)
+    c_rep=100.0, k_rep=OC_DISTANCE_FRACTION, irexp=1, rexp=2)
 
 
 class OxygenCarbonRepulsion:
@@ -493,7 +500,7 @@ class QMRestraintsManager:
                 len(self.region_atoms), len(caps), self.n_atoms - len(self.region_atoms))
         print("%sQM restraints: engine %s, %s, scale %g%s" % (
             prefix, self.engine_name, what, self.scale,
-            "; O...C repulsion below 0.88 x library distances"
+            "; O...C repulsion below %g x library distances" % OC_DISTANCE_FRACTION
             if self.oxygen_carbon is not None else ""), file=log)
         if self.charge_assignment is not None:
             self.charge_assignment.show(log, prefix=prefix + "  ")

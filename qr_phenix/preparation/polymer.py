@@ -90,8 +90,9 @@ CARBOXYLATE_CO = 1.25
 def _place_terminal_oxygens(fixer, terminals):
     """Put each OXT PDBFixer added trigonal at its C: in the CA-C-O plane,
     CARBOXYLATE_CO from C, opposite the bisector of C->CA and C->O.
-    PDBFixer's template fit left CA-C-OXT at 75-92 deg on 4 of the 6
-    C-termini of 1va7 and 3kyi (OXT 1.74 A from CB on 3kyi chain B)."""
+    PDBFixer's template fit left CA-C-OXT at 155 deg on 1us0 Glu 313 and
+    at 75-92 deg on 4 of the 6 C-termini of 1va7 and 3kyi (OXT 1.74 A from
+    CB on 3kyi chain B)."""
     import numpy as np
     from openmm import Vec3, unit
     positions = fixer.positions.value_in_unit(unit.angstrom)
