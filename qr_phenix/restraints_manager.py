@@ -174,6 +174,13 @@ OC_REPULSION = geometry_restraints.prolsq_repulsion_function(
     c_rep=100.0, k_rep=OC_DISTANCE_FRACTION, irexp=1, rexp=2)
 
 
+def region_mask(n, region_atoms=None):
+    """Boolean mask over n model atoms: the QM region (all when None)."""
+    inside = np.zeros(n, dtype=bool)
+    inside[slice(None) if region_atoms is None else region_atoms] = True
+    return inside
+
+
 class OxygenCarbonRepulsion:
     """OC_REPULSION over the library's nonbonded O...C pairs whose both atoms
     are in `inside` (the QM region: the library keeps the other contacts),
@@ -184,21 +191,31 @@ class OxygenCarbonRepulsion:
     def __init__(self, elements, inside):
         kind = np.array([{"O": 1, "C": 2}.get(e, 0) for e in elements])
         self.kind = np.where(inside, kind, 0)
+        # the O...C pairs picked from the library's pair list, kept while the
+        # library keeps that list (it rebuilds it only when atoms moved more
+        # than its buffer), so most calls skip the Python loop over ~50k pairs
+        self._source = None
+        self._pairs = None
 
     def _oc(self, i, j):
         return self.kind[i] * self.kind[j] == 2
 
+    def _oxygen_carbon_pairs(self, sorted_proxies):
+        if sorted_proxies is not self._source:
+            pairs = geometry_restraints.nonbonded_sorted_asu_proxies(
+                asu_mappings=sorted_proxies.asu_mappings())
+            for proxy in sorted_proxies.simple:
+                if self._oc(*proxy.i_seqs):
+                    pairs.process(proxy)
+            for proxy in sorted_proxies.asu:
+                if self._oc(proxy.i_seq, proxy.j_seq):
+                    pairs.process(proxy)
+            self._source, self._pairs = sorted_proxies, pairs
+        return self._pairs
+
     def energy(self, standard, sites_cart, gradients=None):
-        sorted_proxies = standard.pair_proxies(
-            sites_cart=sites_cart).nonbonded_proxies
-        pairs = geometry_restraints.nonbonded_sorted_asu_proxies(
-            asu_mappings=sorted_proxies.asu_mappings())
-        for proxy in sorted_proxies.simple:
-            if self._oc(*proxy.i_seqs):
-                pairs.process(proxy)
-        for proxy in sorted_proxies.asu:
-            if self._oc(proxy.i_seq, proxy.j_seq):
-                pairs.process(proxy)
+        pairs = self._oxygen_carbon_pairs(
+            standard.pair_proxies(sites_cart=sites_cart).nonbonded_proxies)
         return geometry_restraints.nonbonded_residual_sum(
             sites_cart=sites_cart, sorted_asu_proxies=pairs, gradient_array=gradients,
             function=OC_REPULSION, disable_cache=True)
@@ -233,9 +250,7 @@ class ReplacedProxies:
     """
 
     def __init__(self, standard, sites_cart, region_atoms=None, caps=()):
-        n = sites_cart.size()
-        inside = np.zeros(n, dtype=bool)
-        inside[slice(None) if region_atoms is None else region_atoms] = True
+        inside = region_mask(sites_cart.size(), region_atoms)
         self.partner = {c.outer: c.inner for c in caps}   # link atom -> its region atom
         self.inside = inside
         simple = standard.pair_proxies(sites_cart=sites_cart).bond_proxies.simple
@@ -345,9 +360,8 @@ class QMRestraintsManager:
         # oxygen_carbon_repulsion on: the model's elements, else None
         self.oxygen_carbon = None
         if elements is not None:
-            inside = np.zeros(len(elements), dtype=bool)
-            inside[slice(None) if self.region_atoms is None else self.region_atoms] = True
-            self.oxygen_carbon = OxygenCarbonRepulsion(elements, inside)
+            self.oxygen_carbon = OxygenCarbonRepulsion(
+                elements, region_mask(len(elements), self.region_atoms))
         self.inner_library = None
         if self.region_atoms is not None:
             self._region_iselection = flex.size_t([int(i) for i in self.region_atoms])

@@ -87,17 +87,18 @@ def _cut_chains(pdb_text, keys):
 CARBOXYLATE_CO = 1.25
 
 
-def _place_terminal_oxygens(fixer, terminals):
+def _place_terminal_oxygens(fixer, added_terminals):
     """Put each OXT PDBFixer added trigonal at its C: in the CA-C-O plane,
     CARBOXYLATE_CO from C, opposite the bisector of C->CA and C->O.
     PDBFixer's template fit left CA-C-OXT at 155 deg on 1us0 Glu 313 and
     at 75-92 deg on 4 of the 6 C-termini of 1va7 and 3kyi (OXT 1.74 A from
-    CB on 3kyi chain B)."""
+    CB on 3kyi chain B).  added_terminals: residue label -> atom names
+    added; labels, because PDBFixer's `missingTerminals` holds residues of
+    the topology before the atoms were added."""
     import numpy as np
     from openmm import Vec3, unit
     positions = fixer.positions.value_in_unit(unit.angstrom)
-    # `terminals` holds residues of the topology before the atoms were added
-    wanted = {_label(r) for r, names in terminals.items() if "OXT" in names}
+    wanted = {label for label, names in added_terminals.items() if "OXT" in names}
     moved = False
     for residue in fixer.topology.residues():
         if _label(residue) not in wanted:
@@ -140,7 +141,7 @@ def complete_and_protonate(pdb_text, ph=7.0, add_missing_atoms=True, cut_after=(
         result.added_terminals = {_label(r): list(names)
                                   for r, names in fixer.missingTerminals.items()}
         fixer.addMissingAtoms(seed=SEED)
-        _place_terminal_oxygens(fixer, fixer.missingTerminals)
+        _place_terminal_oxygens(fixer, result.added_terminals)
     n_before = sum(1 for a in fixer.topology.atoms() if a.element is not None
                    and a.element.symbol == "H")
     forcefield = app.ForceField("amber14-all.xml", "amber14/tip3pfb.xml")
