@@ -486,7 +486,7 @@ def test_cost_reporter_estimate_and_progress_lines():
     assert rep.calls_per_iteration() == pytest.approx(4 / 10.0)
     rep.plan([("cycle 1 weight trial 4", 10, 1), ("cycle 2 of 2", 20, 2)])
     rep.drop_steps("cycle 1 weight trial ")      # the search ended early
-    assert rep.plan_steps == [("cycle 2 of 2", 20)]
+    assert rep.plan_steps == [("cycle 2 of 2", 20, 2)]
 
 
 def test_library_stage_true_without_library_restraints_is_one_sorry():

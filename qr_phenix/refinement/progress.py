@@ -58,8 +58,7 @@ class CostReporter:
         self.clock = clock or time.perf_counter
         self.t0 = self.clock() if t0 is None else t0   # the run's start
         self.overhead_guess = float(overhead_per_step)
-        self.plan_steps = []          # [(label, iterations)] still to come
-        self.cycle_of = {}            # label -> macro-cycle
+        self.plan_steps = []          # [(label, iterations, macro-cycle)] still to come
         self.earliest_stop = None     # the first cycle after which the run may stop
         self.step_label = None
         self.step_iterations = 0
@@ -82,8 +81,7 @@ class CostReporter:
         """The minimisations still to come, as (label, iteration limit, cycle);
         earliest_stop: the first cycle after which the run may stop (None: it
         runs every cycle), for the estimate's lower figure."""
-        self.plan_steps = [(label, n) for label, n, _ in steps]
-        self.cycle_of = {label: cycle for label, _, cycle in steps}
+        self.plan_steps = [tuple(step) for step in steps]
         self.earliest_stop = earliest_stop
 
     def begin_step(self, label, iterations):
@@ -93,13 +91,13 @@ class CostReporter:
         self.step_calls = 0
         self.step_engine = 0.0
         self.last_call_end = self.step_t0
-        labels = [l for l, _ in self.plan_steps]
+        labels = [step[0] for step in self.plan_steps]
         if label in labels:       # unplanned steps (extra weight trials) take none
             del self.plan_steps[labels.index(label)]
 
     def drop_steps(self, prefix):
         """Planned steps that will not run (a weight search that ended early)."""
-        self.plan_steps = [(l, n) for l, n in self.plan_steps if not l.startswith(prefix)]
+        self.plan_steps = [step for step in self.plan_steps if not step[0].startswith(prefix)]
 
     def end_step(self):
         if self.step_t0 is None:
@@ -191,14 +189,13 @@ class CostReporter:
         earliest stop."""
         if not earliest or self.earliest_stop is None:
             return self.plan_steps
-        return [(l, n) for l, n in self.plan_steps
-                if self.cycle_of.get(l, 0) <= self.earliest_stop]
+        return [step for step in self.plan_steps if step[2] <= self.earliest_stop]
 
     def remaining_gradients(self, earliest=False):
         per = self.calls_per_iteration()
         current = max(0.0, self.step_iterations * per - self.step_calls) \
             if self.step_t0 is not None else 0.0
-        return current + sum(n * per for _, n in self._steps_to_come(earliest))
+        return current + sum(n * per for _, n, _ in self._steps_to_come(earliest))
 
     def estimate_total(self, earliest=False):
         """Estimated wall time of the whole run, from the reporter's start;
@@ -210,11 +207,12 @@ class CostReporter:
         return (now - self.t0) + left
 
     def describe_plan(self):
-        steps = ([(self.step_label, self.step_iterations)] if self.step_t0 is not None
-                 else []) + self.plan_steps
+        iterations = [n for _, n, _ in self.plan_steps]
+        if self.step_t0 is not None:
+            iterations.append(self.step_iterations)
         n = int(round(self.remaining_gradients())) + self.calls_done
         return "%d minimisations (%d iterations), ~%d QM gradients" % (
-            len(steps), sum(i for _, i in steps), n)
+            len(iterations), sum(iterations), n)
 
     def _flush(self):
         if hasattr(self.log, "flush"):
