@@ -48,6 +48,16 @@ def test_1us0_end_to_end(prepared):
         return np.degrees(np.arccos(u @ v / np.linalg.norm(u) / np.linalg.norm(v)))
     assert 110 < angle("CA", "C", "OXT") < 130 and 110 < angle("O", "C", "OXT") < 130
     assert 1.2 < np.linalg.norm(glu313["OXT"] - glu313["C"]) < 1.3
+    # Glu 313 had only N: every other atom is rebuilt, then minimised in
+    # Amber14 (PDBFixer's placement alone: C-O 1.07 A, CA-CB 1.71 A).
+    # Ideal lengths: Engh & Huber (2001)
+    ideal = {("N", "CA"): 1.459, ("CA", "C"): 1.525, ("C", "O"): 1.229,
+             ("CA", "CB"): 1.530, ("CB", "CG"): 1.520, ("CG", "CD"): 1.515,
+             ("CD", "OE1"): 1.252, ("CD", "OE2"): 1.252}
+    for (a, b), d0 in ideal.items():
+        assert abs(np.linalg.norm(glu313[a] - glu313[b]) - d0) < 0.05, (a, b)
+    assert 100 < angle("N", "CA", "C") < 120 and 100 < angle("CA", "CB", "CG") < 125
+    assert report.relaxed_atoms >= 12        # 12 rebuilt heavy atoms, OXT and H
     # ligands: NADPH phosphates -4, inhibitor carboxylate -1, citrates -3
     charges = dict(c.split(": charge ")[0:2] for c in report.ligand_choices)
     assert charges["A NDP 318"].split()[0] == "-4"

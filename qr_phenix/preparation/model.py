@@ -43,6 +43,7 @@ class PreparationReport:
     normalized_hydrogens: int = 0
     added_heavy_atoms: dict = field(default_factory=dict)
     added_terminals: dict = field(default_factory=dict)
+    relaxed_atoms: int = 0
     missing_residues: List[str] = field(default_factory=list)
     chain_breaks: List[str] = field(default_factory=list)
     thiolates: List[str] = field(default_factory=list)
@@ -72,6 +73,9 @@ class PreparationReport:
                   " O-H 0.96 A)" % (p, self.normalized_hydrogens), file=log)
         for label, names in sorted(self.added_heavy_atoms.items()):
             print("%sadded missing atoms to %s: %s" % (p, label, " ".join(names)), file=log)
+        if self.relaxed_atoms:
+            print("%sminimised the rebuilt atoms and their residues' hydrogens in Amber14,"
+                  " other atoms fixed (%d atoms)" % (p, self.relaxed_atoms), file=log)
         for label, names in sorted(self.added_terminals.items()):
             print("%sadded terminal atoms to %s: %s" % (p, label, " ".join(names)), file=log)
         for text in self.missing_residues:
@@ -579,6 +583,7 @@ def prepare_hierarchy(hierarchy, crystal_symmetry=None, ph=7.0, add_missing_atom
             chain_id, rest = label.split(" ", 1)
             return "%s %s" % (to_long.get(chain_id, chain_id) or "_", rest)
         report.added_heavy_atoms = {long_label(k): v for k, v in res.added_heavy_atoms.items()}
+        report.relaxed_atoms = res.relaxed_atoms
         # the OXT of a residue before a break is replaced by its cap
         cut = {"%s %s" % (k[0] or "_", k[1] + k[2]) for _, k, _, _ in breaks}
         report.added_terminals = {
