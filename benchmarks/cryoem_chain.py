@@ -82,6 +82,7 @@ def refine(start, map_path, resolution, out, tag, extra):
 
 
 def main(argv):
+    from qr_phenix.refinement.progress import estimate_against_wall
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="cryoem_chain_out")
     ap.add_argument("--entry", default="3kyi")
@@ -99,7 +100,7 @@ def main(argv):
           % (args.entry, args.chain, n_atoms, args.resolution, args.sigma))
     print("| restraints | map CC start / final | bonds / angles (non-H) start -> final |"
           " clashscore start -> final | engine calls | s per gradient | wall (s) |"
-          " first estimate (s) |")
+          " first estimate |")
     print("|---|---|---|---|---|---|---|---|")
     for tag, extra in (("cctbx", ["qm_restraints.restraints=cctbx"]),
                        ("gfn2", ["qm_restraints.restraints=qm", "qm_restraints.engine=gfn2",
@@ -110,18 +111,13 @@ def main(argv):
             continue
         s, f = r["start"], r["final"]
         calls = r["engine"]["calls"]
-        estimate = r["cost_estimates"][0]["estimated_total_s"] if r["cost_estimates"] \
-            else None
-        earliest = r.get("cost_estimate_earliest_stop_s")
         print("| %s | %.4f / %.4f | %.3f / %.2f -> %.4f / %.2f | %.1f -> %.1f | %d | %s |"
               " %.0f | %s |" % (
                   tag, s["map_cc"], f["map_cc"], s["bond_rmsd"], s["angle_rmsd"],
                   f["bond_rmsd"], f["angle_rmsd"], s["clashscore"], f["clashscore"], calls,
                   "%.1f" % (r["engine"]["seconds"] / calls) if calls else "-",
                   r["wall_seconds"],
-                  "; earliest stop ".join(
-                      "%.0f (%+.0f%%)" % (e, 100.0 * (e - r["wall_seconds"]) / r["wall_seconds"])
-                      for e in (estimate, earliest) if e) or "-"))
+                  estimate_against_wall(r) if r["cost_estimates"] else "-"))
         sys.stdout.flush()
 
 

@@ -118,18 +118,13 @@ def row(entry, tag, r, prepared):
 
 def cost_line(entry, tag, r):
     """The log's first cost estimate against the real wall time."""
-    first = r["cost_estimates"][0]
-    wall = r["wall_seconds"]
+    from qr_phenix.refinement.progress import estimate_against_wall
     per = r["engine"]["seconds"] / max(1, r["engine"]["calls"])
-    earliest = r.get("cost_estimate_earliest_stop_s")
-    return ("  %s %s: %.1f s per QM gradient; estimate %.0f s printed after %.0f s,"
-            " wall %.0f s (%+.0f%%)%s%s" % (
-                entry, tag, per, first["estimated_total_s"], first["elapsed_s"], wall,
-                100.0 * (first["estimated_total_s"] - wall) / wall,
-                "; if stopped at the earliest: %.0f s (%+.0f%%)" % (
-                    earliest, 100.0 * (earliest - wall) / wall) if earliest else "",
-                "; library stage %d cycles" % r["library_stage"]["cycles"]
-                if r.get("library_stage") else ""))
+    return ("  %s %s: %.1f s per QM gradient; wall %.0f s; %s, printed after %.0f s%s" % (
+        entry, tag, per, r["wall_seconds"], estimate_against_wall(r),
+        r["cost_estimates"][0]["elapsed_s"],
+        "; library stage %d cycles" % r["library_stage"]["cycles"]
+        if r.get("library_stage") else ""))
 
 
 def main(argv):

@@ -431,6 +431,8 @@ def test_library_stage_then_qm_resumes_and_never_hands_back_worse(start_pdb, hel
     assert "Library stage finished before the interruption" in log
     assert "Weight trials (same start, 5 iterations each)" in log
     assert "estimate for the run" in log and r["cost_estimates"]
+    assert r["cost_estimate_earliest_stop_s"] <= r["cost_estimates"][0]["estimated_total_s"] \
+        <= r["cost_estimate_all_cycles_s"]
     assert not os.path.exists(str(prefix) + ".library.checkpoint.json")
     assert not os.path.exists(str(prefix) + ".checkpoint.json")
 
@@ -465,12 +467,16 @@ def test_cost_reporter_estimate_and_progress_lines():
     rep.engine_call(6.0)               # after the first step
     # 1.1 gradients per iteration before any step is measured: 11 - 2 more in
     # this step + 22 in each cycle, at the third gradient's 6 s, + 3 steps x 2 s
-    assert rep.estimates[-1][1] == pytest.approx(20.0 + 53 * 6.0 + 3 * 2.0)
-    assert rep.earliest_estimate == pytest.approx(20.0 + 31 * 6.0 + 2 * 2.0)
+    # (every cycle) or 2 steps (the run stops after cycle 2); printed: the middle
+    every, earliest = 20.0 + 53 * 6.0 + 3 * 2.0, 20.0 + 31 * 6.0 + 2 * 2.0
+    assert rep.all_cycles_estimate == pytest.approx(every)
+    assert rep.earliest_estimate == pytest.approx(earliest)
+    assert rep.estimates[-1][1] == pytest.approx(0.5 * (every + earliest))
     assert "First QM gradient: 8 s" in log.getvalue()
     assert "QM gradients so far: 8 s, 2 s, 6 s; 6 s per gradient assumed" in log.getvalue()
-    assert ("estimate for the run: 6 min (5 min from now); 4 min if it stops after"
+    assert ("estimate for the run: 5 min (4 min from now): between 4 min if it stops after"
             " cycle 2") in log.getvalue()
+    assert "and 6 min if it runs every cycle" in log.getvalue()
     n_lines = len(log.getvalue().splitlines())
     now["t"] = 24.0
     rep.engine_call(4.0)

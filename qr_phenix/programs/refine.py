@@ -541,6 +541,8 @@ Outputs <prefix>.pdb, .cif, .log, .json; a checkpoint after every macro-cycle
                                for e, t in self.reporter.estimates] if self.reporter else [],
             "cost_estimate_earliest_stop_s": self.reporter.earliest_estimate
             if self.reporter else None,
+            "cost_estimate_all_cycles_s": self.reporter.all_cycles_estimate
+            if self.reporter else None,
             "data": self._data_summary(),
             "wall_seconds": wall,
             "outputs": {"pdb": os.path.abspath(prefix + ".pdb") if pdb_ok else None,
