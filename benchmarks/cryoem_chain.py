@@ -82,6 +82,7 @@ def refine(start, map_path, resolution, out, tag, extra):
 
 
 def main(argv):
+    from qr_phenix.benchmark.machine import speed_line
     from qr_phenix.refinement.progress import estimate_against_wall
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="cryoem_chain_out")
@@ -98,6 +99,7 @@ def main(argv):
                                            args.sigma, out)
     print("%s chain %s: %d atoms (all H), map %.1f A, start: Gaussian shifts %.2f A"
           % (args.entry, args.chain, n_atoms, args.resolution, args.sigma))
+    print(speed_line())
     print("| restraints | map CC start / final | bonds / angles (non-H) start -> final |"
           " clashscore start -> final | engine calls | s per gradient | wall (s) |"
           " first estimate |")

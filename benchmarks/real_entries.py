@@ -141,6 +141,9 @@ def main(argv):
         sys.exit("no entries folder %s (../shared beside the checkout)" % ENTRIES)
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
+    if args.qm:
+        from qr_phenix.benchmark.machine import speed_line
+        print(speed_line())
     print("| entry | restraints | R-work start / final | R-free start / final | gap |"
           " bonds / angles (non-H) | clashscore start -> final | <B> | engine calls |"
           " wall (s) | phenix.refine R-free (target +0.01) | never worse |")

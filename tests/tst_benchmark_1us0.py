@@ -137,6 +137,10 @@ def test_quick_mode_end_to_end(tmp_path):
     assert res["failed"] == []
     md = (out / "report.md").read_text()
     rows = _table_rows(md)
+    # the machine's speed beside the wall times: a real GFN2 gradient, 94 atoms
+    assert 0.001 < res["machine_gfn2_helix_gradient_s"] < 10
+    assert "Machine speed: GFN2 gradient of the 94-atom 1us0 helix %.3f s" % (
+        res["machine_gfn2_helix_gradient_s"]) in md
     for name, per_dose in [("start", res["starts"])] + list(res["methods"].items()):
         for d in ("0.3", "1.5"):
             s = per_dose[d]

@@ -9,7 +9,7 @@ is written to results.json, so the three outputs cannot disagree.
 import math
 import os
 
-from qr_phenix.benchmark import published
+from qr_phenix.benchmark import machine, published
 from qr_phenix.files import atomic_write, atomic_write_json
 
 FIELDS = ("r_work", "r_free", "gap", "hbonds_pct", "rmsd_all", "rmsd_heavy",
@@ -147,7 +147,12 @@ def write_markdown(results, path, figures):
     out += ["## Cost", "", "This invocation: %.0f s wall on %d processes (%s mode), %d of %d"
             " refinements run now. Sum of the wall times of all refinements: %.0f s." % (
                 r["wall_seconds"], r["settings"]["nproc"], r["settings"]["mode"],
-                jobs.get("run_now", 0), jobs.get("total", 0), r.get("refine_seconds_sum", 0)), ""]
+                jobs.get("run_now", 0), jobs.get("total", 0), r.get("refine_seconds_sum", 0))]
+    if r.get("machine_gfn2_helix_gradient_s"):
+        line = machine.speed_line(r["machine_gfn2_helix_gradient_s"])
+        out.append("%s%s; wall times compare only between machines of like speed."
+                   % (line[0].upper(), line[1:]))
+    out.append("")
     for m, s in r.get("cost", {}).items():
         out.append("- %s: %s" % (LABELS.get(m, m), s))
     out += ["", "## Figures", ""]

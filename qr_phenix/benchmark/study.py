@@ -23,7 +23,7 @@ from libtbx.utils import Sorry
 
 from qr_phenix.benchmark import data as data_mod
 from qr_phenix.benchmark import jobs as jobs_mod
-from qr_phenix.benchmark import metrics, perturb, published, reference, report
+from qr_phenix.benchmark import machine, metrics, perturb, published, reference, report
 from qr_phenix.files import atomic_write
 
 QUICK = dict(methods=["cctbx", "gfn2"], doses=[0.3, 1.5], models_per_dose=2)
@@ -293,6 +293,9 @@ def run_study(params, log=sys.stdout):
     data_path, data_info = prepare_data(params, ref_path, out, log)
     starts = prepare_starts(params, ref_path, out, log)
     jobs = make_jobs(params, starts, data_path, out)
+    speed = machine.gfn2_gradient_seconds() if params.run_jobs else None
+    if speed is not None:
+        _log(log, "  %s" % machine.speed_line(speed))
     t_jobs = time.time()
     n_run = n_failed = 0
     if params.run_jobs:
@@ -319,6 +322,7 @@ def run_study(params, log=sys.stdout):
         "jobs": {"total": len(jobs), "run_now": n_run, "failed_now": n_failed,
                  "seconds_now": jobs_seconds},
         "wall_seconds": time.time() - t0,
+        "machine_gfn2_helix_gradient_s": speed,
         "cost": {m: jobs_mod.COST[m] for m in params.methods},
         "published": {"hbonds_at_1_5": published.HBONDS_AT_1_5,
                       "start_r_work": {report.dose_key(k): v for k, v in
