@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/engine_timings.py [--threads 1] [--repeats 5]
 
-System: the 94-atom reference helix (../shared/data/1us0/a87_99_h.pdb) and,
+System: the 94-atom reference helix (tests/data/helix/a87_99_h.pdb) and,
 for the fast engines, 2 and 4 copies of it side by side.  Each timed call
 moves every atom by ~0.01 A (like a minimiser step), so in-process engines
 restart from the previous wavefunction as they do in refinement.  The first
@@ -13,17 +13,15 @@ minutes to hours per gradient on 2 cores.
 
 import argparse
 import os
-import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-HELIX = ROOT.parent / "shared" / "data" / "1us0" / "a87_99_h.pdb"
+from qr_phenix.benchmark.machine import HELIX, read_atoms, time_gradient  # noqa: E402
 
 ACETAMIDE_SYMBOLS = ["O", "C", "N", "C", "H", "H", "H", "H", "H"]
 ACETAMIDE = np.array([
@@ -50,16 +48,6 @@ SMALL_CASES = [
 ]
 
 
-def read_pdb(path):
-    symbols, positions = [], []
-    with open(path) as f:
-        for line in f:
-            if line.startswith(("ATOM", "HETATM")):
-                symbols.append(line[76:78].strip())
-                positions.append([float(line[30:38]), float(line[38:46]), float(line[46:54])])
-    return symbols, np.array(positions)
-
-
 def copies(symbols, positions, n):
     """n helices on a 2-wide grid, 20 A apart in x and y."""
     offsets = [(20.0 * (k % 2), 20.0 * (k // 2), 0.0) for k in range(n)]
@@ -67,24 +55,9 @@ def copies(symbols, positions, n):
 
 
 def time_engine(name, extra, threads, symbols, positions, repeats):
-    from qr_phenix.engines import (
-        EngineSettings, energy_and_gradient, get_engine, make_calculator)
-    settings = EngineSettings(name=name, threads=threads, **extra)
-    ok, reason = get_engine(name).available(settings)
-    if not ok:
-        return None, None, reason
-    calc = make_calculator(settings)
-    rng = np.random.default_rng(0)
-    t0 = time.perf_counter()
-    energy_and_gradient(calc, symbols, positions)
-    first = time.perf_counter() - t0
-    times = []
-    for _ in range(repeats):
-        p = positions + rng.normal(scale=0.01, size=positions.shape)
-        t0 = time.perf_counter()
-        energy_and_gradient(calc, symbols, p)
-        times.append(time.perf_counter() - t0)
-    return first, statistics.median(times), ""
+    from qr_phenix.engines import EngineSettings
+    return time_gradient(EngineSettings(name=name, threads=threads, **extra), symbols,
+                         positions, repeats)
 
 
 def blas_comparison(threads):
@@ -93,7 +66,7 @@ def blas_comparison(threads):
     code = (
         "import sys, time, numpy as np; sys.path.insert(0, %r); sys.path.insert(0, %r);"
         "from engine_timings import *; from qr_phenix.engines import tblite;"
-        "s, p = read_pdb(HELIX); out = [];"
+        "s, p = read_atoms(HELIX); out = [];"
         "[out.append((n, time_engine('gfn2', {}, %d, *copies(s, p, n), 5)[1])) for n in (1, 4)];"
         "from qr_phenix.engines import EngineSettings, energy_and_gradient, make_calculator;"
         "e = energy_and_gradient(make_calculator(EngineSettings(threads=%d)), s, p).energy;"
@@ -116,7 +89,7 @@ def main():
     args = parser.parse_args()
     if not HELIX.exists():
         sys.exit("reference helix not found: %s" % HELIX)
-    symbols, positions = read_pdb(HELIX)
+    symbols, positions = read_atoms(HELIX)
     print("qr_phenix engine timings: threads=%d, %d warm repeats (median), %d CPUs,"
           " load average at start %.1f" % (args.threads, args.repeats, os.cpu_count(),
                                            os.getloadavg()[0]))

@@ -17,7 +17,8 @@ import numpy as np
 HELIX = Path(__file__).resolve().parents[2] / "tests" / "data" / "helix" / "a87_99_h.pdb"
 
 
-def _read_atoms(path):
+def read_atoms(path):
+    """(element symbols, (n, 3) positions in A) of the ATOM/HETATM records."""
     symbols, positions = [], []
     with open(path) as f:
         for line in f:
@@ -27,27 +28,36 @@ def _read_atoms(path):
     return symbols, np.array(positions)
 
 
-def gfn2_gradient_seconds(path=HELIX, repeats=5):
-    """Median wall time (s) of a warm GFN2 energy + gradient of the model in
-    `path` on one thread (the first call, which sets the engine up, is not
-    counted); None when GFN2 (tblite) is not installed."""
-    from qr_phenix.engines import EngineSettings, energy_and_gradient, get_engine, \
-        make_calculator
-    settings = EngineSettings(name="gfn2", threads=1)
-    if not get_engine("gfn2").available(settings)[0]:
-        return None
-    symbols, positions = _read_atoms(path)
+def time_gradient(settings, symbols, positions, repeats=5):
+    """(first, warm) wall seconds of an engine's energy + gradient: the first
+    call (set-up, cold SCF), and the median of `repeats` calls after moving
+    every atom by ~0.01 A, as a minimiser step does (in-process engines
+    restart from the previous wavefunction, as in refinement).  (None, None,
+    reason) when the engine is not available."""
+    from qr_phenix.engines import energy_and_gradient, get_engine, make_calculator
+    ok, reason = get_engine(settings.name).available(settings)
+    if not ok:
+        return None, None, reason
     calc = make_calculator(settings)
+    t0 = time.perf_counter()
     energy_and_gradient(calc, symbols, positions)
+    first = time.perf_counter() - t0
     rng = np.random.default_rng(0)
     times = []
     for _ in range(repeats):
-        # 0.01 A random moves, as along a minimisation (the wavefunction restarts)
         moved = positions + rng.normal(scale=0.01, size=positions.shape)
         t0 = time.perf_counter()
         energy_and_gradient(calc, symbols, moved)
         times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return first, statistics.median(times), ""
+
+
+def gfn2_gradient_seconds(path=HELIX, repeats=5):
+    """Warm GFN2 energy + gradient time (s) of the model in `path` on one
+    thread; None when GFN2 (tblite) is not installed."""
+    from qr_phenix.engines import EngineSettings
+    return time_gradient(EngineSettings(name="gfn2", threads=1), *read_atoms(path),
+                         repeats=repeats)[1]
 
 
 def speed_line(seconds=None):
