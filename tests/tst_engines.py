@@ -10,6 +10,7 @@ import pytest
 from libtbx.utils import Sorry
 
 from qr_phenix import units
+from qr_phenix.benchmark.machine import read_atoms
 from qr_phenix.engines import (
     ENGINES, EngineError, EngineSettings, EngineUnavailable, energy_and_gradient,
     engine_names, get_engine, make_calculator, phil_choice)
@@ -24,19 +25,9 @@ ACETAMIDE = np.array([
     [-1.5608, -1.0393, -0.7717], [-1.6321, -0.7230, 0.9698], [1.9531, -0.6316, 0.1119]])
 
 
-def read_pdb(path):
-    symbols, positions = [], []
-    with open(path) as f:
-        for line in f:
-            if line.startswith(("ATOM", "HETATM")):
-                symbols.append(line[76:78].strip() or line[12:16].strip()[0])
-                positions.append([float(line[30:38]), float(line[38:46]), float(line[46:54])])
-    return symbols, np.array(positions)
-
-
 @pytest.fixture(scope="module")
 def helix():
-    return read_pdb(HELIX)
+    return read_atoms(HELIX)
 
 
 def calculator(name, **kw):

@@ -18,12 +18,13 @@ HELIX = Path(__file__).resolve().parents[2] / "tests" / "data" / "helix" / "a87_
 
 
 def read_atoms(path):
-    """(element symbols, (n, 3) positions in A) of the ATOM/HETATM records."""
+    """(element symbols, (n, 3) positions in A) of the ATOM/HETATM records;
+    without an element column, the first letter of the atom name."""
     symbols, positions = [], []
     with open(path) as f:
         for line in f:
             if line.startswith(("ATOM", "HETATM")):
-                symbols.append(line[76:78].strip())
+                symbols.append(line[76:78].strip() or line[12:16].strip()[0])
                 positions.append([float(line[30:38]), float(line[38:46]), float(line[46:54])])
     return symbols, np.array(positions)
 

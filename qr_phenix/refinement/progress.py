@@ -133,7 +133,7 @@ class CostReporter:
             self.last_print = now
         elif self.calls_done == FIRST_ESTIMATE_AFTER:
             earliest, every = self.estimate_range()
-            total = 0.5 * (earliest + every)
+            total = self.expected_total(earliest, every)
             self.estimates.append((now - self.t0, total))
             self.earliest_estimate, self.all_cycles_estimate = earliest, every
             print("  QM gradients so far: %s; %s per gradient assumed. Planned: %s;"
@@ -150,7 +150,7 @@ class CostReporter:
             self.last_print = now
         elif self.calls_done > FIRST_ESTIMATE_AFTER and now - self.last_print >= self.interval:
             self.last_print = now
-            total = 0.5 * sum(self.estimate_range())
+            total = self.expected_total(*self.estimate_range())
             self.estimates.append((now - self.t0, total))
             print("  ... %s: %d QM gradients (%s each); run %s of ~%s, ~%s left"
                   % (self.step_label or "step", self.step_calls,
@@ -214,6 +214,11 @@ class CostReporter:
         elapsed = self.clock() - self.t0
         return elapsed + self._time_left(True), elapsed + self._time_left(False)
 
+    @staticmethod
+    def expected_total(earliest, every):
+        """The estimate printed: the middle of the range (see the module doc)."""
+        return 0.5 * (earliest + every)
+
     def describe_plan(self):
         iterations = [n for _, n, _ in self.plan_steps]
         if self.step_t0 is not None:
@@ -242,4 +247,3 @@ def estimate_against_wall(result):
     if earliest and every and earliest < every:
         text += "; range %s .. %s" % (off(earliest), off(every))
     return text
-
