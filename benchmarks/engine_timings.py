@@ -21,13 +21,10 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from qr_phenix.benchmark.machine import HELIX, read_atoms, time_gradient  # noqa: E402
+from qr_phenix.benchmark.machine import (  # noqa: E402
+    ACETAMIDE_PDB, HELIX, read_atoms, time_gradient)
 
-ACETAMIDE_SYMBOLS = ["O", "C", "N", "C", "H", "H", "H", "H", "H"]
-ACETAMIDE = np.array([
-    [0.4245, 1.3270, 0.0080], [0.0772, 0.1498, -0.0042], [0.9855, -0.8785, -0.0489],
-    [-1.3715, -0.2887, -0.0001], [0.7080, -1.8242, 0.1699], [-1.9972, 0.5849, -0.1755],
-    [-1.5608, -1.0393, -0.7717], [-1.6321, -0.7230, 0.9698], [1.9531, -0.6316, 0.1119]])
+ACETAMIDE_SYMBOLS, ACETAMIDE = read_atoms(ACETAMIDE_PDB)
 
 # (label, engine name, extra settings, copies to time)
 CASES = [

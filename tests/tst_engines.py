@@ -10,19 +10,15 @@ import pytest
 from libtbx.utils import Sorry
 
 from qr_phenix import units
-from qr_phenix.benchmark.machine import read_atoms
+from qr_phenix.benchmark.machine import ACETAMIDE_PDB, read_atoms
 from qr_phenix.engines import (
     ENGINES, EngineError, EngineSettings, EngineUnavailable, energy_and_gradient,
     engine_names, get_engine, make_calculator, phil_choice)
 
 from paths import HELIX_PDB as HELIX
 
-# Acetamide (ASE's g2 'CH3CONH2'): a small amide for the PySCF engines.
-ACETAMIDE_SYMBOLS = ["O", "C", "N", "C", "H", "H", "H", "H", "H"]
-ACETAMIDE = np.array([
-    [0.4245, 1.3270, 0.0080], [0.0772, 0.1498, -0.0042], [0.9855, -0.8785, -0.0489],
-    [-1.3715, -0.2887, -0.0001], [0.7080, -1.8242, 0.1699], [-1.9972, 0.5849, -0.1755],
-    [-1.5608, -1.0393, -0.7717], [-1.6321, -0.7230, 0.9698], [1.9531, -0.6316, 0.1119]])
+# a small amide for the PySCF engines
+ACETAMIDE_SYMBOLS, ACETAMIDE = read_atoms(ACETAMIDE_PDB)
 
 
 @pytest.fixture(scope="module")

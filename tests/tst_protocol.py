@@ -125,10 +125,36 @@ def test_qm_stage_stops_two_cycles_after_its_best_model(helix_model):
         result = ref.run()
         assert result.selected == 1 and result.converged
         # the cost estimate's lower figure: a run whose start stays best
-        assert ref.reporter.earliest_stop == ref.stale_cycles
+        assert ref.reporter.planned.earliest_stop == ref.stale_cycles
         return len(result.cycles)
     assert run(None) == 1 + driver.STALE_CYCLES == 5
     assert run(stages.QM_STALE_CYCLES) == 1 + 2
+
+
+def test_cost_plan_expects_every_xray_cycle_and_the_earliest_map_stop(helix_model):
+    """The plan the cost estimate reads: the first search's extra trials are
+    optional; X-ray runs are expected to run every cycle with half the extra
+    trials, map runs to stop once the first cycle is stale_cycles old, with
+    none (what the measured QM stages did)."""
+    limits = Limits(bond_rmsd=0.015, angle_rmsd=2.0, gap=0.05)
+    ref = Scripted(helix_model.deep_copy(), limits, r_free_of=lambda s: 0.2,
+                   bond_of=lambda s: 0.005, weight_trials=[0.5, 1.0], weight_search="first")
+    ref.stale_cycles, ref.max_extra_trials = 2, 3
+    ref._best, ref._fixed_scale = (0, None), None
+    fresh = SimpleNamespace(cycles=[], scale=None)
+    xray = ref.plan(fresh, 5)
+    assert [(s.cycle, s.optional) for s in xray.steps] == \
+        [(1, False)] * 2 + [(1, True)] * 3 + [(c, False) for c in (2, 3, 4, 5)]
+    assert (xray.earliest_stop, xray.expected_stop, xray.expected_extra_trials) == (2, 5, 2)
+    ref.score = "map_cc"
+    maps = ref.plan(fresh, 5)
+    assert (maps.earliest_stop, maps.expected_stop, maps.expected_extra_trials) == (2, 3, 0)
+    assert len(maps.steps_to(maps.expected_stop, 0)) == 2 + 2   # trials, cycles 2 and 3
+    # later in the run (best model: cycle 3), from cycle 4 on
+    ref._best = (3, None)
+    later = ref.plan(SimpleNamespace(cycles=[None] * 3, scale=0.5), 5)
+    assert [s.label for s in later.steps] == ["cycle 4 of 5", "cycle 5 of 5"]
+    assert (later.earliest_stop, later.expected_stop) == (5, 5)
 
 
 def test_map_model_within_the_cc_tolerance_of_the_start_is_handed_back():

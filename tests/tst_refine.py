@@ -444,55 +444,67 @@ def test_library_stage_auto_is_off_for_small_whole_model_qm(xray_runs):
 
 
 def test_cost_reporter_estimate_and_progress_lines():
-    """The estimate waits for the first gradient along a minimisation (the
-    third: the first is from scratch, the second a restart at the same
-    geometry) and is (gradients planned) x (time per gradient from the third
-    on) + steps x (overhead); progress lines appear only after the interval;
-    fragment lines only while one gradient outlasts it."""
+    """The estimate waits for the fifth gradient and takes the time per
+    gradient from the third on (the first is from scratch, the second a
+    restart at the same geometry); it is (gradients planned) x (time per
+    gradient) + steps x (overhead) for the expected path, with the earliest
+    stop (no extra trial) and every step as its ends; progress lines appear
+    only after the interval; fragment lines only while one gradient outlasts it."""
     import io
-    from qr_phenix.refinement.progress import CostReporter
+    from qr_phenix.refinement.progress import CostReporter, Plan, PlannedStep
     now = {"t": 0.0}
     log = io.StringIO()
     rep = CostReporter(log, interval=60.0, overhead_per_step=2.0, clock=lambda: now["t"])
-    # the run may stop after cycle 2 (stale rule): cycle 3 is counted apart
-    rep.plan([("trial 1", 10, 1), ("cycle 2 of 3", 20, 2), ("cycle 3 of 3", 20, 3)],
-             earliest_stop=2)
+    # may stop after cycle 2 (stale rule), expected to, with its one extra trial
+    rep.plan(Plan([PlannedStep("trial 1", 10, 1), PlannedStep("trial 2", 10, 1, optional=True),
+                   PlannedStep("cycle 2 of 3", 20, 2), PlannedStep("cycle 3 of 3", 20, 3)],
+                  earliest_stop=2, expected_stop=2, expected_extra_trials=1))
     rep.engine_call(8.0)               # the start model, cold
     now["t"] = 10.0
     rep.begin_step("trial 1", 10)
-    now["t"] = 14.0
-    rep.engine_call(2.0)               # restarted at the same geometry
+    for t, seconds in ((14.0, 2.0), (20.0, 6.0), (22.0, 5.0)):
+        now["t"] = t                  # a restart at the same geometry, then steps
+        rep.engine_call(seconds)
     assert not rep.estimates and "estimate for the run" not in log.getvalue()
-    now["t"] = 20.0
-    rep.engine_call(6.0)               # after the first step
-    # 1.1 gradients per iteration before any step is measured: 11 - 2 more in
-    # this step + 22 in each cycle, at the third gradient's 6 s, + 3 steps x 2 s
-    # (every cycle) or 2 steps (the run stops after cycle 2); printed: the middle
-    every, earliest = 20.0 + 53 * 6.0 + 3 * 2.0, 20.0 + 31 * 6.0 + 2 * 2.0
-    assert rep.all_cycles_estimate == pytest.approx(every)
+    now["t"] = 25.0
+    rep.engine_call(7.0)
+    # 1.1 gradients per iteration before any step is measured: 11 - 4 more in
+    # this step, 11 per trial, 22 per cycle, at 6 s (mean of 6, 5, 7), + 2 s a step
+    earliest = 25.0 + (7 + 22) * 6.0 + 2 * 2.0
+    expected = 25.0 + (7 + 11 + 22) * 6.0 + 3 * 2.0
+    every = 25.0 + (7 + 11 + 22 + 22) * 6.0 + 4 * 2.0
     assert rep.earliest_estimate == pytest.approx(earliest)
-    assert rep.estimates[-1][1] == pytest.approx(0.5 * (every + earliest))
-    assert "First QM gradient: 8 s" in log.getvalue()
-    assert "QM gradients so far: 8 s, 2 s, 6 s; 6 s per gradient assumed" in log.getvalue()
-    assert ("estimate for the run: 5 min (4 min from now): between 4 min if it stops after"
-            " cycle 2") in log.getvalue()
-    assert "and 6 min if it runs every cycle" in log.getvalue()
-    n_lines = len(log.getvalue().splitlines())
-    now["t"] = 24.0
+    assert rep.estimates[-1][1] == pytest.approx(expected)
+    assert rep.all_cycles_estimate == pytest.approx(every)
+    text = log.getvalue()
+    assert "First QM gradient: 8 s" in text
+    assert "QM gradients so far: 8 s, 2 s, 6 s, 5 s, 7 s; 6 s per gradient assumed" in text
+    assert "Expected: 3 minimisations (40 iterations)" in text
+    assert ("estimate for the run: 5 min (4 min from now); at least 3 min (it stops after"
+            " cycle 2") in text
+    assert "at most 7 min (every cycle and extra trial)" in text
+    n_lines = len(text.splitlines())
+    now["t"] = 28.0
     rep.engine_call(4.0)
     rep.fragments_done(5, 10)
     assert len(log.getvalue().splitlines()) == n_lines       # nothing before 60 s
-    now["t"] = 86.0
+    now["t"] = 90.0
     rep.fragments_done(5, 10)           # one gradient running for 62 s
     assert "5 of 10 fragments done" in log.getvalue().splitlines()[-1]
     now["t"] = 150.0
     rep.engine_call(70.0)
-    assert "trial 1: 4 QM gradients" in log.getvalue().splitlines()[-1]
+    assert "trial 1: 6 QM gradients" in log.getvalue().splitlines()[-1]
     rep.end_step()
-    assert rep.calls_per_iteration() == pytest.approx(4 / 10.0)
-    rep.plan([("cycle 1 weight trial 4", 10, 1), ("cycle 2 of 2", 20, 2)])
+    assert rep.calls_per_iteration() == pytest.approx(6 / 10.0)
+    # the extra trial runs: it is no longer expected on top
+    rep.begin_step("trial 2", 10)
+    assert rep.planned.expected_extra_trials == 0
+    assert [s.label for s in rep.planned.steps] == ["cycle 2 of 3", "cycle 3 of 3"]
+    rep.end_step()
+    rep.plan(Plan([PlannedStep("cycle 1 weight trial 4", 10, 1, optional=True),
+                   PlannedStep("cycle 2 of 2", 20, 2)]))
     rep.drop_steps("cycle 1 weight trial ")      # the search ended early
-    assert rep.plan_steps == [("cycle 2 of 2", 20, 2)]
+    assert [s.label for s in rep.planned.steps] == ["cycle 2 of 2"]
 
 
 def test_library_stage_true_without_library_restraints_is_one_sorry():

@@ -13,8 +13,11 @@ from pathlib import Path
 
 import numpy as np
 
+_TEST_DATA = Path(__file__).resolve().parents[2] / "tests" / "data"
 #: the reference calculation's model, shipped with the tests
-HELIX = Path(__file__).resolve().parents[2] / "tests" / "data" / "helix" / "a87_99_h.pdb"
+HELIX = _TEST_DATA / "helix" / "a87_99_h.pdb"
+#: acetamide (ASE's g2 geometry), for engines too slow for the helix (PySCF)
+ACETAMIDE_PDB = _TEST_DATA / "acetamide.pdb"
 
 
 def read_atoms(path):

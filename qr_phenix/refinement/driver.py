@@ -15,6 +15,7 @@ import numpy as np
 import scitbx.lbfgs
 
 from qr_phenix.refinement import best_model
+from qr_phenix.refinement import progress
 from qr_phenix.refinement import statistics as stats_mod
 from qr_phenix.refinement import weights as weights_mod
 
@@ -201,31 +202,44 @@ class MacroCycleRefinement:
             self.iterations = self.params.max_iterations
 
     def plan(self, result, n_cycles):
-        """For the cost reporter: (steps, earliest_stop).  steps: (label,
-        iterations, cycle) of the minimisations still to come: the first weight
-        search (when one is due), one per cycle, and trials around the weight
-        in every cycle with weight_search=every.  earliest_stop: the first
-        cycle after which the stale rule can end the run (the best model so
-        far plus stale_cycles), or None when that is the last cycle."""
+        """For the cost reporter: progress.Plan of the minimisations still to
+        come: the first weight search (its extra trials marked optional), one
+        per cycle, and trials around the weight in every cycle with
+        weight_search=every; the earliest stop the stale rule allows (the best
+        model so far plus stale_cycles) and the stop the run is expected at."""
         steps = []
         first = len(result.cycles) + 1
-        earliest_stop = self._best[0] + self.stale_cycles if self.uses_data else n_cycles
+        if self.uses_data:
+            earliest_stop = self._best[0] + self.stale_cycles
+            # what the measured QM stages did (docs/refinement.md): X-ray ones ran
+            # every cycle (R-free kept falling: 1va7 best in cycle 5 of 5, 3kyi
+            # in 3 of 4) and needed extra trials for the R-free - R-work limit;
+            # the map chain stopped as soon as the rule let it after an improving
+            # first cycle (later cycles crowd atoms into density, 3 runs), and
+            # maps have no gap limit to need extra trials for
+            expected_stop = n_cycles if self.score == "r_free" else \
+                max(self._best[0], first) + self.stale_cycles
+        else:
+            earliest_stop = expected_stop = n_cycles
         for cycle in range(first, n_cycles + 1):
             first_search = result.scale is None and cycle == first
             searching = self.uses_data and self._fixed_scale is None and (
                 first_search or self.searches_every_cycle())
             if searching:
                 scales = self.trial_scales(cycle, None if first_search else 1.0)
-                # the search toward stronger restraints is expected to take half
-                # its allowance (the QM stage of 1va7 took all 3)
-                n_trials = len(scales) + (
-                    (self.max_extra_trials + 1) // 2 if first_search else 0)
-                steps += [(self._trial_label(cycle, k), self.trial_iterations, cycle)
-                          for k in range(n_trials)]
+                n_extra = self.max_extra_trials if first_search else 0
+                steps += [progress.PlannedStep(self._trial_label(cycle, k), self.trial_iterations,
+                                               cycle, optional=k >= len(scales))
+                          for k in range(len(scales) + n_extra)]
             else:
-                steps.append(("cycle %d of %d" % (cycle, n_cycles), self.params.max_iterations,
-                              cycle))
-        return steps, (earliest_stop if earliest_stop < n_cycles else None)
+                steps.append(progress.PlannedStep("cycle %d of %d" % (cycle, n_cycles),
+                                                  self.params.max_iterations, cycle))
+        return progress.Plan(steps, earliest_stop=min(earliest_stop, n_cycles),
+                             expected_stop=min(expected_stop, n_cycles),
+                             # X-ray: half the allowance (the QM stages of 1va7 and
+                             # 3kyi took 3 of 3, the full protocol 1 of 6)
+                             expected_extra_trials=(self.max_extra_trials + 1) // 2
+                             if self.score == "r_free" else 0)
 
     @staticmethod
     def _trial_label(cycle, k):
@@ -336,8 +350,7 @@ class MacroCycleRefinement:
             self.limits.max_clashscore = result.start.clashscore
         n_cycles = p.macro_cycles if self.uses_data or p.macro_cycles else 1
         if self.reporter is not None:
-            steps, earliest_stop = self.plan(result, n_cycles)
-            self.reporter.plan(steps, earliest_stop)
+            self.reporter.plan(self.plan(result, n_cycles))
         for cycle in range(len(result.cycles) + 1, n_cycles + 1):
             label = "cycle %d of %d" % (cycle, n_cycles)
             t0 = time.perf_counter()

@@ -7,8 +7,9 @@ minimisations still to come and their iteration limits), each QM gradient's
 time (from the restraints manager) and each finished fragment (from the
 fragment executor).  It prints:
 
-* after the first QM gradient its time; after the third (the first along a
-  minimisation) the time per gradient and an estimate for the run;
+* after the first QM gradient its time; after the fifth the time per
+  gradient (from the third on, the first along a minimisation) and an
+  estimate for the run, with its range;
 * at most every `interval` seconds while a step runs: gradients done, the
   time per gradient, and the estimated time left (fragments done too when
   one gradient outlasts the interval);
@@ -20,17 +21,20 @@ planned) x (time per step outside the engine).  Gradients per iteration and
 the time outside the engine are measured as the run goes; before the first
 finished step they are taken as CALLS_PER_ITERATION and the
 `overhead_per_step` the caller measured (the library stage's time per
-minimisation, when there was one).  How many macro-cycles run is not known
-in advance: the run stops once its best model is stale_cycles cycles old
-(QM stage: 2), so it ends between the earliest such point and the last
-cycle.  The estimate printed is the middle of that range, with both ends:
-on five QM runs on an idle machine (docs/refinement.md: two of the cryo-EM
-chain, 3kyi fast and full, 1va7 full) the middle was -7 to +29 % off the
-wall time, the all-cycles figure +13 to +52 %.
+minimisation, when there was one).  What is not known in advance is how
+many weight trials and macro-cycles run: extra trials toward stronger
+restraints follow only while no trial meets the limits, and the run stops
+once its best model is stale_cycles cycles old (QM stage: 2).  The plan
+(Plan, from the driver) says where the run may stop at the earliest, where
+it is expected to stop and how many extra trials to expect; the line prints
+the expected figure with both ends: the earliest stop without extra trials
+and every cycle with every extra trial.
 """
 
 import sys
 import time
+from dataclasses import dataclass, field
+from typing import List, Optional
 
 #: QM gradients per L-BFGS iteration before any step is measured: mmtbx's
 #: minimisers evaluate once per iteration, plus line-search retries (1va7,
@@ -38,10 +42,47 @@ import time
 CALLS_PER_ITERATION = 1.1
 RECENT = 5   # gradients averaged for the time per gradient
 #: The first QM gradient is from scratch (engines set up, no wavefunction), the
-#: second a restart at the same geometry; the third is the first after a step,
-#: like the rest (3kyi, GFN2, 2 processes: 19.1 s, 8.8 s, then 13.6 s against
-#: 13.8 s on average over the run's 124), so the estimate waits for it.
-FIRST_ESTIMATE_AFTER = 3
+#: second a restart at the same geometry (3kyi, GFN2, 2 processes: 19.1 s,
+#: 8.8 s), so the time per gradient is taken from the third on, the first
+#: along a minimisation.  One such gradient is a noisy sample (1va7 full
+#: protocol: 19.2 s; the mean of the 3rd-5th 16.9 s; of the run's 404 15.6 s),
+#: so the estimate waits for the fifth.
+FIRST_ALONG_A_MINIMISATION = 3
+FIRST_ESTIMATE_AFTER = 5
+
+
+@dataclass(frozen=True)
+class PlannedStep:
+    label: str
+    iterations: int
+    cycle: int
+    optional: bool = False     # an extra weight trial: runs only while no trial meets the limits
+
+
+@dataclass
+class Plan:
+    """The minimisations still to come and where the run may stop.
+    earliest_stop: the first cycle after which the stale rule can end the run;
+    expected_stop: the cycle it is expected to end after; expected_extra_trials:
+    how many of the optional steps are expected to run."""
+    steps: List[PlannedStep] = field(default_factory=list)
+    earliest_stop: Optional[int] = None
+    expected_stop: Optional[int] = None
+    expected_extra_trials: int = 0
+
+    def steps_to(self, stop, extra_trials):
+        """The steps up to cycle `stop` (None: all), with the first
+        `extra_trials` optional ones."""
+        chosen, extras = [], 0
+        for step in self.steps:
+            if stop is not None and step.cycle > stop:
+                continue
+            if step.optional:
+                if extras >= extra_trials:
+                    continue
+                extras += 1
+            chosen.append(step)
+        return chosen
 
 
 def minutes(seconds):
@@ -61,8 +102,7 @@ class CostReporter:
         self.clock = clock or time.perf_counter
         self.t0 = self.clock() if t0 is None else t0   # the run's start
         self.overhead_guess = float(overhead_per_step)
-        self.plan_steps = []          # [(label, iterations, macro-cycle)] still to come
-        self.earliest_stop = None     # the first cycle after which the run may stop
+        self.planned = Plan()         # the minimisations still to come
         self.step_label = None
         self.step_iterations = 0
         self.step_t0 = None
@@ -78,15 +118,12 @@ class CostReporter:
         self.last_call_end = None
         self.estimates = []           # (elapsed, estimated total) as printed
         self.earliest_estimate = None  # the first estimate's range: earliest stop ...
-        self.all_cycles_estimate = None  # ... and every planned cycle
+        self.all_cycles_estimate = None  # ... and every planned cycle and trial
 
     # -- told by the driver --------------------------------------------------------
-    def plan(self, steps, earliest_stop=None):
-        """The minimisations still to come, as (label, iteration limit, cycle);
-        earliest_stop: the first cycle after which the run may stop (None: it
-        runs every cycle), for the estimate's lower figure."""
-        self.plan_steps = [tuple(step) for step in steps]
-        self.earliest_stop = earliest_stop
+    def plan(self, planned):
+        """The minimisations still to come (a Plan)."""
+        self.planned = planned
 
     def begin_step(self, label, iterations):
         self.step_label = label
@@ -95,13 +132,17 @@ class CostReporter:
         self.step_calls = 0
         self.step_engine = 0.0
         self.last_call_end = self.step_t0
-        labels = [step[0] for step in self.plan_steps]
-        if label in labels:       # unplanned steps (extra weight trials) take none
-            del self.plan_steps[labels.index(label)]
+        steps = self.planned.steps
+        labels = [step.label for step in steps]
+        if label in labels:
+            step = steps.pop(labels.index(label))
+            if step.optional and self.planned.expected_extra_trials:
+                self.planned.expected_extra_trials -= 1
 
     def drop_steps(self, prefix):
         """Planned steps that will not run (a weight search that ended early)."""
-        self.plan_steps = [step for step in self.plan_steps if not step[0].startswith(prefix)]
+        self.planned.steps = [step for step in self.planned.steps
+                              if not step.label.startswith(prefix)]
 
     def end_step(self):
         if self.step_t0 is None:
@@ -126,31 +167,31 @@ class CostReporter:
         if self.calls_done == 1:
             # the first call sets up the engines (every fragment from a fresh guess)
             print("  First QM gradient: %s (engines set up, no wavefunction to restart"
-                  " from); the cost estimate follows the first gradient along a"
-                  " minimisation" % minutes(seconds),
+                  " from); the cost estimate follows after gradient %d"
+                  % (minutes(seconds), FIRST_ESTIMATE_AFTER),
                   file=self.log)
             self._flush()
             self.last_print = now
         elif self.calls_done == FIRST_ESTIMATE_AFTER:
-            earliest, every = self.estimate_range()
-            total = self.expected_total(earliest, every)
+            earliest, total, every = self.estimate_range()
             self.estimates.append((now - self.t0, total))
             self.earliest_estimate, self.all_cycles_estimate = earliest, every
-            print("  QM gradients so far: %s; %s per gradient assumed. Planned: %s;"
+            print("  QM gradients so far: %s; %s per gradient assumed. Expected: %s;"
                   " estimate for the run: %s (%s from now)%s"
                   % (", ".join(minutes(t) for t in self.gradient_times),
                      minutes(self.seconds_per_gradient()),
                      self.describe_plan(), minutes(total), minutes(total - (now - self.t0)),
-                     ": between %s if it stops after cycle %d, as when no cycle beats the"
-                     " best model so far, and %s if it runs every cycle"
-                     % (minutes(earliest), self.earliest_stop, minutes(every))
+                     "; at least %s (it stops after cycle %d, as when no cycle beats the"
+                     " best model so far, with no extra weight trial), at most %s (every"
+                     " cycle and extra trial)"
+                     % (minutes(earliest), self.planned.earliest_stop, minutes(every))
                      if earliest < every else ""),
                   file=self.log)
             self._flush()
             self.last_print = now
         elif self.calls_done > FIRST_ESTIMATE_AFTER and now - self.last_print >= self.interval:
             self.last_print = now
-            total = self.expected_total(*self.estimate_range())
+            total = self.estimate_range()[1]
             self.estimates.append((now - self.t0, total))
             print("  ... %s: %d QM gradients (%s each); run %s of ~%s, ~%s left"
                   % (self.step_label or "step", self.step_calls,
@@ -173,9 +214,9 @@ class CostReporter:
 
     # -- the estimate -----------------------------------------------------------------
     def seconds_per_gradient(self):
-        """Mean of the last RECENT gradients from FIRST_ESTIMATE_AFTER on;
-        before it, the mean of those measured."""
-        times, warm_up = self.gradient_times, FIRST_ESTIMATE_AFTER - 1
+        """Mean of the last RECENT gradients from FIRST_ALONG_A_MINIMISATION
+        on; before it, the mean of those measured."""
+        times, warm_up = self.gradient_times, FIRST_ALONG_A_MINIMISATION - 1
         recent = times if len(times) <= warm_up else times[warm_up:][-RECENT:]
         return sum(recent) / len(recent) if recent else 0.0
 
@@ -189,41 +230,41 @@ class CostReporter:
             return sum(self.overheads) / len(self.overheads)
         return self.overhead_guess
 
-    def _steps_to_come(self, earliest):
-        """Planned steps still to come; with `earliest`, only those up to the
-        earliest stop."""
-        if not earliest or self.earliest_stop is None:
-            return self.plan_steps
-        return [step for step in self.plan_steps if step[2] <= self.earliest_stop]
+    def _steps_to_come(self, which):
+        """The planned steps still to come that the run takes when it stops
+        at the earliest point, where expected, or after everything."""
+        p = self.planned
+        if which == "earliest":
+            return p.steps_to(p.earliest_stop, 0)
+        if which == "expected":
+            return p.steps_to(p.expected_stop, p.expected_extra_trials)
+        return p.steps
 
-    def remaining_gradients(self, earliest=False):
+    def remaining_gradients(self, which="all"):
         per = self.calls_per_iteration()
         current = max(0.0, self.step_iterations * per - self.step_calls) \
             if self.step_t0 is not None else 0.0
-        return current + sum(n * per for _, n, _ in self._steps_to_come(earliest))
+        return current + sum(step.iterations * per for step in self._steps_to_come(which))
 
-    def _time_left(self, earliest):
-        left = self.remaining_gradients(earliest) * self.seconds_per_gradient()
-        steps_left = len(self._steps_to_come(earliest)) + (1 if self.step_t0 is not None else 0)
+    def _time_left(self, which):
+        left = self.remaining_gradients(which) * self.seconds_per_gradient()
+        steps_left = len(self._steps_to_come(which)) + (1 if self.step_t0 is not None else 0)
         return left + steps_left * self.overhead_per_step()
 
     def estimate_range(self):
-        """(earliest stop, every planned cycle): the estimated wall time of the
-        whole run, from the reporter's start, if it stops at the first point
-        the stale rule allows, and if it runs every planned cycle."""
+        """(earliest, expected, every): the estimated wall time of the whole
+        run, from the reporter's start, if it stops at the first point the stale
+        rule allows without extra weight trials, where the plan expects it to,
+        and after every planned cycle and trial."""
         elapsed = self.clock() - self.t0
-        return elapsed + self._time_left(True), elapsed + self._time_left(False)
-
-    @staticmethod
-    def expected_total(earliest, every):
-        """The estimate printed: the middle of the range (see the module doc)."""
-        return 0.5 * (earliest + every)
+        return tuple(elapsed + self._time_left(which)
+                     for which in ("earliest", "expected", "all"))
 
     def describe_plan(self):
-        iterations = [n for _, n, _ in self.plan_steps]
+        iterations = [step.iterations for step in self._steps_to_come("expected")]
         if self.step_t0 is not None:
             iterations.append(self.step_iterations)
-        n = int(round(self.remaining_gradients())) + self.calls_done
+        n = int(round(self.remaining_gradients("expected"))) + self.calls_done
         return "%d minimisations (%d iterations), ~%d QM gradients" % (
             len(iterations), sum(iterations), n)
 

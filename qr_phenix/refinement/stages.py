@@ -50,9 +50,10 @@ library_stage = Auto
            from fragments (whole entries, where a QM gradient costs seconds) \
            and every residue has library restraints"
   .short_caption = Library stage before QM
-qm_macro_cycles = 4
+qm_macro_cycles = 5
   .type = int
-  .help = "Macro-cycles with QM restraints after the library stage"
+  .help = "Macro-cycles with QM restraints after the library stage (the \
+           first is the weight search's chosen trial)"
 qm_weight_trials = 0.03125 0.0625 0.125
   .type = floats
   .help = "Weight scales tried at the start of the QM stage (smaller ones \
