@@ -22,12 +22,13 @@ class Scripted(driver.MacroCycleRefinement):
     differ) and reports R factors and geometry from given functions of the
     scale: only the driver's rules act."""
 
-    def __init__(self, model, limits, r_free_of, bond_of, **params):
+    def __init__(self, model, limits, r_free_of, bond_of, gap_of=lambda scale: 0.03,
+                 **params):
         p = dict(macro_cycles=6, max_iterations=1, weight_trials=[1.0], r_tolerance=-1.0,
                  shift_tolerance=-1.0, anneal="off", weight_search="every")
         p.update(params)
         super().__init__(model, SimpleNamespace(**p), limits, quantum=False, log=null_out())
-        self.r_free_of, self.bond_of = r_free_of, bond_of
+        self.r_free_of, self.bond_of, self.gap_of = r_free_of, bond_of, gap_of
         self.scale = None
         self.geometry = lambda sites: ((0.010, 1.0) if self.scale is None
                                        else (bond_of(self.scale), 1.0))
@@ -48,7 +49,8 @@ class Scripted(driver.MacroCycleRefinement):
         if self.scale is None:
             return stats_mod.CycleStats(cycle=cycle, r_work=0.20, r_free=0.22)
         r_free = self.r_free_of(self.scale)
-        return stats_mod.CycleStats(cycle=cycle, r_work=r_free - 0.03, r_free=r_free)
+        return stats_mod.CycleStats(cycle=cycle, r_work=r_free - self.gap_of(self.scale),
+                                    r_free=r_free)
 
 
 def driver_flex(sites):
@@ -129,6 +131,22 @@ def test_qm_stage_stops_two_cycles_after_its_best_model(helix_model):
         return len(result.cycles)
     assert run(None) == 1 + driver.STALE_CYCLES == 5
     assert run(stages.QM_STALE_CYCLES) == 1 + 2
+
+
+def test_data_x2_never_goes_to_a_weight_whose_trial_over_fitted(helix_model):
+    """Geometry well inside the limits raises the data weight, but not to a
+    scale whose weight trial was over the gap limit by more than the noise."""
+    limits = Limits(bond_rmsd=0.015, angle_rmsd=2.0, gap=0.05)
+
+    def weights_with(gap_of_strongest):
+        ref = Scripted(helix_model.deep_copy(), limits,
+                       r_free_of=lambda s: {0.5: 0.22, 2.0: 0.20}.get(s, 0.21),
+                       bond_of=lambda s: 0.002, weight_trials=[0.5, 1.0, 2.0],
+                       weight_search="first", macro_cycles=2,
+                       gap_of=lambda s: gap_of_strongest if s >= 2 else 0.03)
+        return [c.weight for c in ref.run().cycles]
+    assert weights_with(0.06) == [1.0, 1.0]      # trial 2 over-fitted: stays at 1
+    assert weights_with(0.051) == [1.0, 2.0]     # within the noise: data x2
 
 
 def test_cost_plan_expects_every_xray_cycle_and_the_earliest_map_stop(helix_model):
@@ -243,6 +261,49 @@ def test_bulk_solvent_off_keeps_k_mask_zero(va7_runs):
     assert va7_runs["no_solvent"]["data"]["k_mask_max"] == 0.0
     assert va7_runs["no_solvent"]["start"]["r_free"] != pytest.approx(
         va7_runs["fixed_b"]["start"]["r_free"], abs=1e-4)
+
+
+def anisotropic_copy(pdb, path):
+    """The model with an ANISOU record for every atom: U elongated 2:1:1 along
+    x, with the atom's own B as the equivalent isotropic B."""
+    import math
+    lines = []
+    for line in open(pdb):
+        lines.append(line)
+        if line.startswith(("ATOM", "HETATM")):
+            u_eq = float(line[60:66]) / (8 * math.pi ** 2)
+            u11, u22 = 1.5 * u_eq, 0.75 * u_eq     # mean of 1.5, 0.75, 0.75 = 1
+            lines.append("ANISOU" + line[6:28] + "%7d%7d%7d%7d%7d%7d" % (
+                round(u11 * 1e4), round(u22 * 1e4), round(u22 * 1e4), 0, 0, 0) + line[70:])
+    path.write_text("".join(lines))
+    return str(path)
+
+
+def test_anisotropic_input_scores_as_given_and_a_start_handed_back_keeps_anisou(
+        helix_pdb, helix_mtz, tmp_path):
+    """ANISOU records: the start is scored as given (scales fitted to the
+    anisotropic model, not left stale when B refinement converts them to
+    isotropic); when no refined model is better, the start handed back keeps
+    its ANISOU."""
+    import iotbx.pdb
+    aniso_pdb = anisotropic_copy(helix_pdb, tmp_path / "aniso.pdb")
+    common = [helix_mtz, "qm_restraints.restraints=cctbx", "refinement.macro_cycles=1",
+              "refinement.adp=individual", "refinement.validation=off"]
+    iso = refine(helix_pdb, *common, "refinement.weight=0.5", "output.prefix=%s" % (tmp_path / "i"))
+    r = refine(aniso_pdb, *common, "refinement.weight=0.5", "output.prefix=%s" % (tmp_path / "a"))
+    # data computed from the isotropic helix: the elongated U fit them worse,
+    # by a little (scales refitted), not by the mismatch of stale scales
+    assert iso["start"]["r_free"] < r["start"]["r_free"] < iso["start"]["r_free"] + 0.05
+    log = open(r["outputs"]["log"]).read()
+    assert "94 anisotropic ADPs (ANISOU) converted to isotropic B" in log
+    # a data weight that breaks the geometry: the start is handed back as given
+    broken = refine(aniso_pdb, *common, "refinement.weight=500",
+                    "output.prefix=%s" % (tmp_path / "b"))
+    assert broken["selected_cycle"] == 0
+    given = iotbx.pdb.input(aniso_pdb).atoms()
+    back = iotbx.pdb.input(broken["outputs"]["pdb"]).atoms()
+    assert np.allclose(list(back.extract_uij()), list(given.extract_uij()), atol=1e-4)
+    assert np.allclose(list(back.extract_xyz()), list(given.extract_xyz()), atol=1e-3)
 
 
 def test_twinned_data_keep_their_twin_law(helix_pdb, helix_mtz, tmp_path):

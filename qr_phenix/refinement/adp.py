@@ -124,11 +124,16 @@ class AdpRefinement:
         self.heavy = ~self.hd
         self.h_parent, self.heavy_bonds = _bonded_pairs(model)
         self.groups = _residue_groups(model) if mode == "group" else None
+
+    def convert_to_isotropic(self):
+        """Isotropic B only: the input's ANISOU become their equivalent B
+        (the start is scored with them first).  Returns how many."""
         xrs = self._xrs()
-        self.n_converted = xrs.use_u_aniso().count(True)
-        if self.n_converted:   # isotropic B only (ANISOU records of the input)
+        n = xrs.use_u_aniso().count(True)
+        if n:
             xrs.convert_to_isotropic()
             self.fmodel.update_xray_structure(xray_structure=xrs, update_f_calc=True)
+        return n
 
     # -- helpers ---------------------------------------------------------------
     def _xrs(self):

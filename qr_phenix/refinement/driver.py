@@ -371,6 +371,7 @@ class MacroCycleRefinement:
                 result.scale, trials, s = self._run_trials(
                     self.trial_scales(cycle, result.scale), cycle)
                 result.trials.extend(trials)
+                self._note_over_fitting_trials(result, trials)
                 if first_search:
                     self._maybe_anneal(result, trials, s)
             elif result.scale is None:
@@ -479,6 +480,19 @@ class MacroCycleRefinement:
         s.weight = result.scale
         s.add_note("far from the data (trial R-free %.4f vs %.4f within limits):"
                    " annealing from scale %g" % (lowest.r_free, chosen_r_free, lowest.scale))
+
+    def _note_over_fitting_trials(self, result, trials):
+        """A trial whose R gap is over its limit by more than the noise
+        (GAP_STEP_MIN) marks a weight that over-fits, which data x2 must not
+        go back to: 3kyi, GFN2 after the library stage, took data x2 from
+        the chosen 1/64 (gap 0.060) to 1/32, whose trial had shown gap 0.068,
+        and the cycle over-fitted (gap 0.093, R-free 0.3107 -> 0.3190)."""
+        if self.score != "r_free":
+            return
+        over = [t.scale for t in trials if t.gap is not None
+                and t.gap > self.limits.gap_allowed(t.r_free) + GAP_STEP_MIN]
+        if over:
+            result.over_fitting_scale = min(over + [result.over_fitting_scale or max(over)])
 
     def _adapt_weight(self, result, s):
         """Between searches: the study's rules on the fixed weight.  Restraints
