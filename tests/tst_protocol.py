@@ -126,8 +126,9 @@ def test_qm_stage_stops_two_cycles_after_its_best_model(helix_model):
             ref.stale_cycles = stale_cycles
         result = ref.run()
         assert result.selected == 1 and result.converged
-        # the cost estimate's lower figure: a run whose start stays best
-        assert ref.reporter.planned.earliest_stop == ref.stale_cycles
+        # the cost estimate's lower figure, re-planned after each cycle: the
+        # run stopped where it said the run could stop at the earliest
+        assert ref.reporter.planned.earliest_stop == len(result.cycles) == 1 + ref.stale_cycles
         return len(result.cycles)
     assert run(None) == 1 + driver.STALE_CYCLES == 5
     assert run(stages.QM_STALE_CYCLES) == 1 + 2
@@ -168,7 +169,12 @@ def test_cost_plan_expects_every_xray_cycle_and_the_earliest_map_stop(helix_mode
     maps = ref.plan(fresh, 5)
     assert (maps.earliest_stop, maps.expected_stop, maps.expected_extra_trials) == (2, 3, 0)
     assert len(maps.steps_to(maps.expected_stop, 0)) == 2 + 2   # trials, cycles 2 and 3
-    # later in the run (best model: cycle 3), from cycle 4 on
+    # re-planned after cycle 1 (the best model so far): a map run still
+    # expects to stop after cycle 3; after an improving cycle 3, after cycle 5
+    ref._best = (1, None)
+    after_1 = ref.plan(SimpleNamespace(cycles=[None], scale=0.5), 5)
+    assert [s.label for s in after_1.steps][0] == "cycle 2 of 5"
+    assert (after_1.earliest_stop, after_1.expected_stop) == (3, 3)
     ref._best = (3, None)
     later = ref.plan(SimpleNamespace(cycles=[None] * 3, scale=0.5), 5)
     assert [s.label for s in later.steps] == ["cycle 4 of 5", "cycle 5 of 5"]

@@ -206,7 +206,8 @@ class MacroCycleRefinement:
         come: the first weight search (its extra trials marked optional), one
         per cycle, and trials around the weight in every cycle with
         weight_search=every; the earliest stop the stale rule allows (the best
-        model so far plus stale_cycles) and the stop the run is expected at."""
+        model so far plus stale_cycles) and the stop the run is expected at.
+        Made before the first cycle and again after each."""
         steps = []
         first = len(result.cycles) + 1
         if self.uses_data:
@@ -218,7 +219,7 @@ class MacroCycleRefinement:
             # first cycle (later cycles crowd atoms into density, 3 runs), and
             # maps have no gap limit to need extra trials for
             expected_stop = n_cycles if self.score == "r_free" else \
-                max(self._best[0], first) + self.stale_cycles
+                max(self._best[0], 1) + self.stale_cycles
         else:
             earliest_stop = expected_stop = n_cycles
         for cycle in range(first, n_cycles + 1):
@@ -401,6 +402,8 @@ class MacroCycleRefinement:
             self._print(s)
             result.cycles.append(s)
             self._keep_best(result)
+            if self.reporter is not None:    # the stops move with the best model
+                self.reporter.plan(self.plan(result, n_cycles))
             if over_fitted and self._best[0] != cycle:
                 # going on from an over-fitted model spends the next cycle undoing
                 # it (3kyi chain B, map, GFN2: clashscore 1.9 -> 29 -> 36 at the
