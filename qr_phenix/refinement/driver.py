@@ -212,9 +212,10 @@ class MacroCycleRefinement:
         first = len(result.cycles) + 1
         if self.uses_data:
             earliest_stop = self._best[0] + self.stale_cycles
-            # what the measured QM stages did (docs/refinement.md): X-ray ones ran
-            # every cycle (R-free kept falling: 1va7 best in cycle 5 of 5, 3kyi
-            # in 3 of 4) and needed extra trials for the R-free - R-work limit;
+            # what the measured QM stages did (docs/refinement.md): X-ray ones
+            # mostly ran every cycle (R-free kept falling: 1va7 best in cycle 5
+            # of 5, 3kyi in 3 of 4; one 3kyi run stopped after 2 of 5, +125 %)
+            # and needed extra trials for the R-free - R-work limit;
             # the map chain stopped as soon as the rule let it after an improving
             # first cycle (later cycles crowd atoms into density, 3 runs), and
             # maps have no gap limit to need extra trials for
@@ -494,8 +495,9 @@ class MacroCycleRefinement:
             return
         over = [t.scale for t in trials if t.gap is not None
                 and t.gap > self.limits.gap_allowed(t.r_free) + GAP_STEP_MIN]
+        known = [] if result.over_fitting_scale is None else [result.over_fitting_scale]
         if over:
-            result.over_fitting_scale = min(over + [result.over_fitting_scale or max(over)])
+            result.over_fitting_scale = min(over + known)
 
     def _adapt_weight(self, result, s):
         """Between searches: the study's rules on the fixed weight.  Restraints
