@@ -134,6 +134,57 @@ def test_qm_stage_stops_two_cycles_after_its_best_model(helix_model):
     assert run(stages.QM_STALE_CYCLES) == 1 + 2
 
 
+def test_an_over_fitted_cycle_does_not_stop_the_run_before_its_remedy(helix_model):
+    """X-ray: cycles 2 and 3 over-fit (R gap over the limit), each followed by
+    restraints x2; the cycle at the new weight runs although the stale rule
+    alone would stop after cycle 3, and it finds the best model."""
+    import io
+    from qr_phenix.refinement import stages
+    from qr_phenix.refinement.progress import CostReporter
+    limits = Limits(bond_rmsd=0.015, angle_rmsd=2.0, gap=0.05)
+    calls = []
+
+    def r_free_of(scale):      # cycle 1 measures twice (its trial, its model)
+        calls.append(scale)
+        if len(calls) <= 2:
+            return 0.20
+        return 0.19 if scale <= 0.25 and calls.count(scale) == 1 else 0.21
+    ref = Scripted(helix_model.deep_copy(), limits, r_free_of=r_free_of,
+                   bond_of=lambda s: 0.012,      # within limits, not well inside
+                   gap_of=lambda s: 0.03 if len(calls) <= 2 or s <= 0.25 else 0.08,
+                   macro_cycles=8, weight_search="first")
+    ref.stale_cycles = stages.QM_STALE_CYCLES
+    ref.reporter = CostReporter(io.StringIO())
+    result = ref.run()
+    assert [c.weight for c in result.cycles] == [1.0, 1.0, 0.5, 0.25, 0.25, 0.25]
+    assert result.selected == 4 and result.final.r_free == pytest.approx(0.19)
+    assert ref.reporter.planned.earliest_stop == len(result.cycles)
+
+
+def test_equal_fits_are_told_apart_by_clashscore_then_by_cycle():
+    """Of refined models within the R-free tolerance of the lowest, the one
+    with the fewest clashes is handed back; of equal clashscores, the latest;
+    a model with fewer clashes but a worse fit is not."""
+    from qr_phenix.refinement import best_model
+    limits = Limits(bond_rmsd=0.015, angle_rmsd=2.0, gap=0.08)
+    near = best_model.R_FREE_TOLERANCE / 2
+
+    def stats(cycle, r_free, clashscore):
+        return stats_mod.CycleStats(cycle=cycle, r_work=r_free - 0.05, r_free=r_free,
+                                    bond_rmsd=0.01, angle_rmsd=1.0, clashscore=clashscore)
+    start = stats(0, 0.30, 5.0)
+    cycles = [stats(1, 0.2600, 1.0), stats(2, 0.2520, 4.1), stats(3, 0.2509, 4.3),
+              stats(4, 0.2509 + near, 4.1)]
+    index, why = best_model.choose(start, cycles, limits)
+    assert index == 4 and "fewest clashes" in why
+    cycles[3].clashscore = 4.3
+    assert best_model.choose(start, cycles, limits)[0] == 2
+    for c in cycles:          # validation off: the latest within the tolerance
+        c.clashscore = None
+    index, why = best_model.choose(start, cycles, limits)
+    assert index == 4 and "latest" in why and "clashes" not in why
+
+
 def test_data_x2_never_goes_to_a_weight_whose_trial_over_fitted(helix_model):
     """Geometry well inside the limits raises the data weight, but not to a
     scale whose weight trial was over the gap limit by more than the noise."""

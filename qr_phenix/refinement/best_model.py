@@ -6,7 +6,7 @@ for a start already outside them), no covalent bond broke (QM), R-free -
 R-work is within the gap limit, and (maps, where measured) its clashscore
 is no worse than the start's.  Among acceptable candidates the best score
 wins (lowest R-free, or highest map CC; of scores within the tolerance, the
-latest cycle).  When none is acceptable the gap limit is relaxed, never
+fewest clashes, then the latest cycle).  When none is acceptable the gap limit is relaxed, never
 geometry: without a candidate of acceptable geometry the start is handed
 back.  A refined model whose R-free is above the start's by more than
 R_FREE_TOLERANCE (map CC below it by more than MAP_CC_TOLERANCE) is never
@@ -68,11 +68,15 @@ def choose(start, cycles, limits, score="r_free") -> Tuple[int, str]:
     def key(i):
         c = candidates[i]
         return c.r_free if score == "r_free" else -c.map_cc
-    # differences below the tolerance are noise: the latest such cycle is the
-    # most converged model (QM energy lowest, geometry most relaxed)
+    # differences below the tolerance are noise: of such fits, validation
+    # tells them apart (1va7, GFN2: cycle 5 R-free 0.2509 with clashscore 4.3,
+    # cycle 4 0.2520 with 4.1), then the latest is the most converged model
+    # (QM energy lowest, geometry most relaxed)
     top = min(key(i) for i in pool)
-    best = max(i for i in pool if key(i) <= top + (
-        R_FREE_TOLERANCE if score == "r_free" else MAP_CC_TOLERANCE))
+    tied = [i for i in pool if key(i) <= top + (
+        R_FREE_TOLERANCE if score == "r_free" else MAP_CC_TOLERANCE)]
+    measured = all(candidates[i].clashscore is not None for i in tied)
+    best = min(tied, key=lambda i: (candidates[i].clashscore if measured else 0.0, -i))
     chosen = candidates[best]
     if score == "r_free" and start.r_free is not None and \
             chosen.r_free > start.r_free + R_FREE_TOLERANCE:
@@ -85,6 +89,8 @@ def choose(start, cycles, limits, score="r_free") -> Tuple[int, str]:
                    " start's %.4f (best %.4f, cycle %d)%s" % (
                        MAP_CC_TOLERANCE, start.map_cc, chosen.map_cc, best, note))
     how = "lowest R-free" if score == "r_free" else "highest map CC"
-    return best, ("cycle %d: the last within %.3f of the %s among refined models within"
-                  " the limits%s" % (best, R_FREE_TOLERANCE if score == "r_free"
-                                     else MAP_CC_TOLERANCE, how, note))
+    return best, ("cycle %d: of the refined models within the limits and within %.3f of"
+                  " the %s, the %s%s" % (best, R_FREE_TOLERANCE if score == "r_free"
+                                         else MAP_CC_TOLERANCE, how,
+                                         "fewest clashes, then the latest" if measured
+                                         else "latest", note))

@@ -212,6 +212,8 @@ class MacroCycleRefinement:
         first = len(result.cycles) + 1
         if self.uses_data:
             earliest_stop = self._best[0] + self.stale_cycles
+            if self._remedy_next(result):
+                earliest_stop = max(earliest_stop, len(result.cycles) + 1)
             # what the measured QM stages did (docs/refinement.md): X-ray ones
             # mostly ran every cycle (R-free kept falling: 1va7 best in cycle 5
             # of 5, 3kyi in 3 of 4; one 3kyi run stopped after 2 of 5, +125 %)
@@ -447,9 +449,28 @@ class MacroCycleRefinement:
         return result
 
     def _stale(self, result):
-        """The model to hand back is stale_cycles cycles old: stop."""
+        """The model to hand back is stale_cycles cycles old: stop; unless the
+        next cycle tries the remedy for an over-fitted one."""
         return self.uses_data and not result.annealing and \
+            not self._remedy_next(result) and \
             len(result.cycles) - self._best[0] >= self.stale_cycles
+
+    def _remedy_next(self, result):
+        """X-ray: the last cycle over-fitted (R gap over the limit) and the next
+        runs with stronger restraints, at a weight no cycle has had.  That cycle
+        tests the remedy, so the over-fitted one is no sign that refinement is
+        done: 3kyi, GFN2 after the library stage, stopped after cycle 2
+        over-fitted at 1/64 and handed back the library model (53 poor H-bonds);
+        another run reached its best QM model (R-free 0.3080, 36 poor) in cycle
+        3, after two restraints x2.  At most MAX_SAFETY_STEPS such cycles.
+        Maps are not given them: after the first cycle, the 3kyi chain's map
+        cycles made new clashes at every weight tried (24.7, 16.7)."""
+        if self.score != "r_free" or not result.cycles or result.scale is None:
+            return False
+        last = result.cycles[-1]
+        tried = {c.weight for c in result.cycles}
+        return not self.limits.gap_ok(last.r_work, last.r_free) and \
+            last.weight is not None and result.scale < last.weight and result.scale not in tried
 
     def _maybe_anneal(self, result, trials, s):
         """Far from the data, the weight within the geometry limits is too weak
