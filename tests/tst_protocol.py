@@ -250,6 +250,30 @@ def test_map_model_within_the_cc_tolerance_of_the_start_is_handed_back():
     assert index == 0 and "map CC within" in why
 
 
+def test_qm_stage_hands_back_a_qm_model_within_the_noise_of_the_library_model():
+    """The QM stage's start is the library model.  A QM model whose R-free is
+    above it by less than the noise of R-free (286 free reflections: ~0.018)
+    is handed back; with a large free set, or above the input's R-free, the
+    library model is."""
+    from qr_phenix.refinement import best_model
+    from qr_phenix.refinement.stages import qm_r_free_ceiling
+
+    def stats(cycle, r_free):
+        return stats_mod.CycleStats(cycle=cycle, r_work=r_free - 0.05, r_free=r_free,
+                                    bond_rmsd=0.01, angle_rmsd=1.0, clashscore=1.0)
+    library, qm = stats(0, 0.3066), [stats(1, 0.3107), stats(2, 0.3112)]
+
+    def handed_back(input_r_free, n_free):
+        limits = Limits(bond_rmsd=0.028, angle_rmsd=4.0, gap=0.06, n_free=n_free)
+        ceiling = qm_r_free_ceiling(input_r_free, library.r_free, limits)
+        return best_model.choose(library, qm, limits, r_free_ceiling=ceiling)[0]
+    assert handed_back(0.3138, 286) == 2          # fewest clashes tie: the latest
+    assert handed_back(0.3138, 20000) == 0        # noise 0.002: the fits differ
+    assert handed_back(0.3080, 286) == 0          # worse than the input
+    limits = Limits(bond_rmsd=0.028, angle_rmsd=4.0, gap=0.06, n_free=286)
+    assert best_model.choose(library, qm, limits)[0] == 0    # without a ceiling
+
+
 def test_far_start_anneals_the_weight_until_geometry_is_within_limits(helix_model):
     # strong data weights fit far better but distort: anneal from the best trial
     limits = Limits(bond_rmsd=0.015, angle_rmsd=2.0, gap=0.08)
@@ -274,6 +298,9 @@ def test_gap_limit_allows_the_noise_of_a_small_free_set():
     assert limits.gap_ok(0.11, 0.18) and not limits.gap_ok(0.05, 0.20)
     big = Limits(bond_rmsd=0.015, angle_rmsd=2.0, gap=0.05, n_free=2000)
     assert big.gap_allowed(0.20) == 0.05
+    # r_free_r_work_gap_max set by the user: that gap, whatever the free set
+    fixed = Limits(bond_rmsd=0.015, angle_rmsd=2.0, gap=0.05, n_free=21, gap_fixed=True)
+    assert fixed.gap_allowed(0.20) == 0.05 and not fixed.gap_ok(0.11, 0.18)
 
 
 # -- real data ------------------------------------------------------------------

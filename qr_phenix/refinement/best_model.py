@@ -6,9 +6,9 @@ for a start already outside them), no covalent bond broke (QM), R-free -
 R-work is within the gap limit, and (maps, where measured) its clashscore
 is no worse than the start's.  Among acceptable candidates the best score
 wins (lowest R-free, or highest map CC; of scores within the tolerance, the
-fewest clashes, then the latest cycle).  When none is acceptable the gap limit is relaxed, never
-geometry: without a candidate of acceptable geometry the start is handed
-back.  A refined model whose R-free is above the start's by more than
+fewest clashes, then the latest cycle).  When none is acceptable the gap
+limit is relaxed, never geometry: without a candidate of acceptable
+geometry the start is handed back.  A refined model whose R-free is above the start's by more than
 R_FREE_TOLERANCE (map CC below it by more than MAP_CC_TOLERANCE) is never
 handed back either: differences that small are noise.  The log says which and why.
 """
@@ -42,8 +42,10 @@ def _problems(c, start, limits, score):
     return reasons
 
 
-def choose(start, cycles, limits, score="r_free") -> Tuple[int, str]:
-    """(index into [start] + cycles, one-line reason)."""
+def choose(start, cycles, limits, score="r_free", r_free_ceiling=None) -> Tuple[int, str]:
+    """(index into [start] + cycles, one-line reason).  r_free_ceiling: the
+    highest R-free a refined model may have (default: the start's plus
+    R_FREE_TOLERANCE)."""
     candidates = [start] + list(cycles)
     if not cycles:
         return 0, "no macro-cycle ran"
@@ -78,7 +80,10 @@ def choose(start, cycles, limits, score="r_free") -> Tuple[int, str]:
     measured = all(candidates[i].clashscore is not None for i in tied)
     best = min(tied, key=lambda i: (candidates[i].clashscore if measured else 0.0, -i))
     chosen = candidates[best]
-    if score == "r_free" and start.r_free is not None and \
+    if score == "r_free" and r_free_ceiling is not None and chosen.r_free > r_free_ceiling:
+        return 0, ("the start model: no refined model had R-free below %.4f (best %.4f,"
+                   " cycle %d)%s" % (r_free_ceiling, chosen.r_free, best, note))
+    if score == "r_free" and r_free_ceiling is None and start.r_free is not None and \
             chosen.r_free > start.r_free + R_FREE_TOLERANCE:
         return 0, ("the start model: no refined model had R-free within %.3f of the"
                    " start's %.4f (best %.4f, cycle %d)%s" % (

@@ -115,6 +115,7 @@ class MacroCycleRefinement:
         self.trial_iterations = params.max_iterations
         self.max_extra_trials = MAX_EXTRA_TRIALS
         self.stale_cycles = STALE_CYCLES
+        self.r_free_ceiling = None   # see best_model.choose; the QM stage sets it
         self.reporter = None     # progress.CostReporter, told each minimisation
 
     # -- to implement -------------------------------------------------------
@@ -413,9 +414,9 @@ class MacroCycleRefinement:
                 # same weight); the best model so far is the better start
                 self.set_state(self._best[1])
                 if not self._stale(result):
-                    print("  cycle %d starts from %s, the best model so far" % (
-                        cycle + 1, "cycle %d" % self._best[0] if self._best[0] else "the start"),
-                        file=self.log)
+                    best = "cycle %d" % self._best[0] if self._best[0] else "the start model"
+                    print("  cycle %d starts from %s, the best model so far" % (cycle + 1, best),
+                          file=self.log)
             if broken:
                 result.stopped = ("covalent bonds broke or formed in cycle %d: %s. Stopped;"
                                   " the model handed back is the best one before. Causes:"
@@ -470,7 +471,8 @@ class MacroCycleRefinement:
         last = result.cycles[-1]
         tried = {c.weight for c in result.cycles}
         return not self.limits.gap_ok(last.r_work, last.r_free) and \
-            last.weight is not None and result.scale < last.weight and result.scale not in tried
+            last.weight is not None and result.scale < last.weight and \
+            result.scale not in tried
 
     def _maybe_anneal(self, result, trials, s):
         """Far from the data, the weight within the geometry limits is too weak
@@ -578,7 +580,8 @@ class MacroCycleRefinement:
 
     def _choose(self, result):
         index, why = best_model.choose(result.start, result.cycles, self.limits,
-                                       self.score if self.uses_data else None)
+                                       self.score if self.uses_data else None,
+                                       self.r_free_ceiling)
         if index not in self._states:   # a cycle from before a resume
             index = len(result.cycles)
             why = "cycle %d (the choice %s was made before the resume)" % (index, why)

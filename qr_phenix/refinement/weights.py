@@ -87,19 +87,25 @@ class Limits:
     gap: float
     n_free: Optional[int] = None     # free-R test reflections
     max_clashscore: Optional[float] = None   # the start's clashscore, once measured
+    gap_fixed: bool = False          # the user set the gap: no noise allowance
+
+    def r_free_noise(self, r_free):
+        """With n test reflections R-free scatters by about R-free / sqrt(n)."""
+        if not self.n_free or r_free is None:
+            return 0.0
+        return r_free / math.sqrt(self.n_free)
 
     def clash_ok(self, clashscore):
         return self.max_clashscore is None or clashscore is None or \
             clashscore <= self.max_clashscore
 
     def gap_allowed(self, r_free):
-        """The gap limit, or the noise of R-free when that is larger: with n
-        test reflections R-free scatters by about R-free / sqrt(n), so a gap
-        below two of those is no evidence of over-fitting (21 free
-        reflections of the 1us0 helix data: 0.04-0.09)."""
-        if not self.n_free or r_free is None:
+        """The gap limit, or twice the noise of R-free when that is larger: a
+        gap below it is no evidence of over-fitting (21 free reflections of
+        the 1us0 helix data: 0.04-0.09)."""
+        if self.gap_fixed:
             return self.gap
-        return max(self.gap, 2.0 * r_free / math.sqrt(self.n_free))
+        return max(self.gap, 2.0 * self.r_free_noise(r_free))
 
     def gap_ok(self, r_work, r_free):
         if r_work is None or r_free is None:
@@ -122,7 +128,7 @@ def limits_for(d_min, params, quantum, engine=None, n_free=None):
         bond_rmsd=params.bond_rmsd_max if params.bond_rmsd_max is not None else bond,
         angle_rmsd=params.angle_rmsd_max if params.angle_rmsd_max is not None else angle,
         gap=params.r_free_r_work_gap_max if params.r_free_r_work_gap_max is not None else gap,
-        n_free=n_free if params.r_free_r_work_gap_max is None else None)
+        n_free=n_free, gap_fixed=params.r_free_r_work_gap_max is not None)
 
 
 def gradient_ratio(g_restraints, g_data, outlier_cutoff=3.0):
