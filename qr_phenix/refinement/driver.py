@@ -217,7 +217,7 @@ class MacroCycleRefinement:
                 earliest_stop = max(earliest_stop, len(result.cycles) + 1)
             # what the measured QM stages did (docs/refinement.md): X-ray ones
             # mostly ran every cycle (R-free kept falling: 1va7 best in cycle 5
-            # of 5, 3kyi in 3 of 4; one 3kyi run stopped after 2 of 5, +125 %)
+            # of 5, 3kyi in 3 of 4; 3kyi runs stopped after 2 and 4 of 5)
             # and needed extra trials for the R-free - R-work limit;
             # the map chain stopped as soon as the rule let it after an improving
             # first cycle (later cycles crowd atoms into density, 3 runs), and
