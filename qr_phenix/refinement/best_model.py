@@ -8,9 +8,11 @@ is no worse than the start's.  Among acceptable candidates the best score
 wins (lowest R-free, or highest map CC; of scores within the tolerance, the
 fewest clashes, then the latest cycle).  When none is acceptable the gap
 limit is relaxed, never geometry: without a candidate of acceptable
-geometry the start is handed back.  A refined model whose R-free is above the start's by more than
-R_FREE_TOLERANCE (map CC below it by more than MAP_CC_TOLERANCE) is never
-handed back either: differences that small are noise.  The log says which and why.
+geometry the start is handed back.  A refined model whose R-free is above
+the start's by more than R_FREE_TOLERANCE (map CC below it by more than
+MAP_CC_TOLERANCE; differences that small are noise), or above a given
+ceiling (the QM stage's, whose start is the library model), is never handed
+back either.  The log says which and why.
 """
 
 from typing import Tuple
