@@ -384,7 +384,7 @@ def test_map_cycle_with_new_clashes_restarts_from_best_with_stronger_restraints(
     # new clashes); cycle 4 follows cycle 3, the safety steps being spent
     assert ClashingMap.starts == pytest.approx(
         [start_x, start_x, start_x, start_x + 0.1])
-    assert "cycle 2 starts from the start, the best model so far" in log.getvalue()
+    assert "cycle 2 starts from the start model, the best model so far" in log.getvalue()
     assert result.selected == 0
 
 
