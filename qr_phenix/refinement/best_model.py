@@ -76,20 +76,21 @@ def choose(start, cycles, limits, score="r_free", r_free_ceiling=None) -> Tuple[
     # tells them apart (1va7, GFN2: cycle 5 R-free 0.2509 with clashscore 4.3,
     # cycle 4 0.2520 with 4.1), then the latest is the most converged model
     # (QM energy lowest, geometry most relaxed)
+    tolerance = R_FREE_TOLERANCE if score == "r_free" else MAP_CC_TOLERANCE
     top = min(key(i) for i in pool)
-    tied = [i for i in pool if key(i) <= top + (
-        R_FREE_TOLERANCE if score == "r_free" else MAP_CC_TOLERANCE)]
+    tied = [i for i in pool if key(i) <= top + tolerance]
     measured = all(candidates[i].clashscore is not None for i in tied)
     best = min(tied, key=lambda i: (candidates[i].clashscore if measured else 0.0, -i))
     chosen = candidates[best]
-    if score == "r_free" and r_free_ceiling is not None and chosen.r_free > r_free_ceiling:
-        return 0, ("the start model: no refined model had R-free below %.4f (best %.4f,"
-                   " cycle %d)%s" % (r_free_ceiling, chosen.r_free, best, note))
-    if score == "r_free" and r_free_ceiling is None and start.r_free is not None and \
-            chosen.r_free > start.r_free + R_FREE_TOLERANCE:
-        return 0, ("the start model: no refined model had R-free within %.3f of the"
-                   " start's %.4f (best %.4f, cycle %d)%s" % (
-                       R_FREE_TOLERANCE, start.r_free, chosen.r_free, best, note))
+    if score == "r_free":
+        if r_free_ceiling is not None:
+            bound = "below %.4f" % r_free_ceiling
+        elif start.r_free is not None:
+            r_free_ceiling = start.r_free + R_FREE_TOLERANCE
+            bound = "within %.3f of the start's %.4f" % (R_FREE_TOLERANCE, start.r_free)
+        if r_free_ceiling is not None and chosen.r_free > r_free_ceiling:
+            return 0, ("the start model: no refined model had R-free %s (best %.4f, cycle %d)%s"
+                       % (bound, chosen.r_free, best, note))
     if score == "map_cc" and start.map_cc is not None and \
             chosen.map_cc < start.map_cc - MAP_CC_TOLERANCE:
         return 0, ("the start model: no refined model had map CC within %.3f of the"
@@ -97,7 +98,6 @@ def choose(start, cycles, limits, score="r_free", r_free_ceiling=None) -> Tuple[
                        MAP_CC_TOLERANCE, start.map_cc, chosen.map_cc, best, note))
     how = "lowest R-free" if score == "r_free" else "highest map CC"
     return best, ("cycle %d: of the refined models within the limits and within %.3f of"
-                  " the %s, the %s%s" % (best, R_FREE_TOLERANCE if score == "r_free"
-                                         else MAP_CC_TOLERANCE, how,
+                  " the %s, the %s%s" % (best, tolerance, how,
                                          "fewest clashes, then the latest" if measured
                                          else "latest", note))
