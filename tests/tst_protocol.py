@@ -201,11 +201,12 @@ def test_data_x2_never_goes_to_a_weight_whose_trial_over_fitted(helix_model):
     assert weights_with(0.051) == [1.0, 2.0]     # within the noise: data x2
 
 
-def test_cost_plan_expects_every_xray_cycle_and_the_earliest_map_stop(helix_model):
+def test_cost_plan_expects_the_middle_xray_stop_and_the_earliest_map_stop(helix_model):
     """The plan the cost estimate reads: the first search's extra trials are
-    optional; X-ray runs are expected to run every cycle with half the extra
-    trials, map runs to stop once the first cycle is stale_cycles old, with
-    none (what the measured QM stages did)."""
+    optional; X-ray runs are expected to stop in the middle (rounded up)
+    between the earliest stop and the last cycle, with half the extra trials,
+    map runs once the first cycle is stale_cycles old, with none (what the
+    measured QM stages did)."""
     limits = Limits(bond_rmsd=0.015, angle_rmsd=2.0, gap=0.05)
     ref = Scripted(helix_model.deep_copy(), limits, r_free_of=lambda s: 0.2,
                    bond_of=lambda s: 0.005, weight_trials=[0.5, 1.0], weight_search="first")
@@ -215,7 +216,9 @@ def test_cost_plan_expects_every_xray_cycle_and_the_earliest_map_stop(helix_mode
     xray = ref.plan(fresh, 5)
     assert [(s.cycle, s.optional) for s in xray.steps] == \
         [(1, False)] * 2 + [(1, True)] * 3 + [(c, False) for c in (2, 3, 4, 5)]
-    assert (xray.earliest_stop, xray.expected_stop, xray.expected_extra_trials) == (2, 5, 2)
+    assert (xray.earliest_stop, xray.expected_stop, xray.expected_extra_trials) == (2, 4, 2)
+    assert len(xray.steps_to(xray.expected_stop, 2)) == 2 + 2 + 3   # cycles 2-4
+    assert ref.plan(fresh, 6).expected_stop == 4
     ref.score = "map_cc"
     maps = ref.plan(fresh, 5)
     assert (maps.earliest_stop, maps.expected_stop, maps.expected_extra_trials) == (2, 3, 0)
@@ -230,6 +233,11 @@ def test_cost_plan_expects_every_xray_cycle_and_the_earliest_map_stop(helix_mode
     later = ref.plan(SimpleNamespace(cycles=[None] * 3, scale=0.5), 5)
     assert [s.label for s in later.steps] == ["cycle 4 of 5", "cycle 5 of 5"]
     assert (later.earliest_stop, later.expected_stop) == (5, 5)
+    # an X-ray run whose cycle 3 is the best so far: the middle of 5..8 is 7
+    ref.score = "r_free"
+    within = SimpleNamespace(r_work=0.18, r_free=0.2, weight=0.5)
+    three = SimpleNamespace(cycles=[within] * 3, scale=0.5)
+    assert (ref.plan(three, 5).expected_stop, ref.plan(three, 8).expected_stop) == (5, 7)
 
 
 def test_map_model_within_the_cc_tolerance_of_the_start_is_handed_back():

@@ -215,15 +215,17 @@ class MacroCycleRefinement:
             earliest_stop = self._best[0] + self.stale_cycles
             if self._remedy_next(result):
                 earliest_stop = max(earliest_stop, len(result.cycles) + 1)
+            earliest_stop = min(earliest_stop, n_cycles)
             # what the measured QM stages did (docs/refinement.md): X-ray ones
-            # mostly ran every cycle (R-free kept falling: 1va7 best in cycle 5
-            # of 5, 3kyi in 3 of 4; 3kyi runs stopped after 2 and 4 of 5)
-            # and needed extra trials for the R-free - R-work limit;
-            # the map chain stopped as soon as the rule let it after an improving
-            # first cycle (later cycles crowd atoms into density, 3 runs), and
-            # maps have no gap limit to need extra trials for
-            expected_stop = n_cycles if self.score == "r_free" else \
-                max(self._best[0], 1) + self.stale_cycles
+            # stopped anywhere from the earliest stop to the last cycle (1va7
+            # after 5 of 5 twice, 3kyi after 4 of 5 twice and 2 of 5 once), so
+            # the middle of that span, rounded up; they needed extra trials for
+            # the R-free - R-work limit.  The map chain stopped as soon as the
+            # rule let it after an improving first cycle (later cycles crowd
+            # atoms into density, 3 runs), and maps have no gap limit to need
+            # extra trials for
+            expected_stop = -(-(earliest_stop + n_cycles) // 2) if self.score == "r_free" \
+                else max(self._best[0], 1) + self.stale_cycles
         else:
             earliest_stop = expected_stop = n_cycles
         for cycle in range(first, n_cycles + 1):
@@ -239,7 +241,7 @@ class MacroCycleRefinement:
             else:
                 steps.append(progress.PlannedStep("cycle %d of %d" % (cycle, n_cycles),
                                                   self.params.max_iterations, cycle))
-        return progress.Plan(steps, earliest_stop=min(earliest_stop, n_cycles),
+        return progress.Plan(steps, earliest_stop=earliest_stop,
                              expected_stop=min(expected_stop, n_cycles),
                              # X-ray: half the allowance (the QM stages of 1va7 and
                              # 3kyi took 3 of 3, the full protocol 1 of 6)
