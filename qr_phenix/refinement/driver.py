@@ -224,7 +224,7 @@ class MacroCycleRefinement:
             # rule let it after an improving first cycle (later cycles crowd
             # atoms into density, 3 runs), and maps have no gap limit to need
             # extra trials for
-            expected_stop = -(-(earliest_stop + n_cycles) // 2) if self.score == "r_free" \
+            expected_stop = (earliest_stop + n_cycles + 1) // 2 if self.score == "r_free" \
                 else max(self._best[0], 1) + self.stale_cycles
         else:
             earliest_stop = expected_stop = n_cycles
