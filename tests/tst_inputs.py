@@ -188,6 +188,20 @@ def test_xray_refinement_with_a_cell_that_differs_from_the_data(library, qrx_fil
         _run_refine([pdb, mtz, cif, "qm_restraints.restraints=cctbx",
                      "output.prefix=%s" % (tmp_path / "out")])
 
+def test_reflection_symmetry_is_read_without_the_map_readers_and_they_come_back(tmp_path):
+    from iotbx import crystal_symmetry_from_any as readers
+    from qr_phenix.programs.inputs import reflection_files_not_probed_as_maps
+    mtz = qrx_mtz(tmp_path / "data.mtz", cell=23.0)
+    saved = readers.from_ccp4_map, readers.from_xplor_map
+    with pytest.raises(RuntimeError, match="inside"):
+        with reflection_files_not_probed_as_maps():
+            assert readers.from_ccp4_map is None and readers.from_xplor_map is None
+            symmetry = readers.extract_from(str(mtz))
+            raise RuntimeError("inside")
+    assert symmetry.unit_cell().parameters()[:3] == (23.0, 23.0, 23.0)
+    assert str(symmetry.space_group_info()) == "P 1"
+    assert (readers.from_ccp4_map, readers.from_xplor_map) == saved
+
 def _two_models(pdb, path):
     lines = pdb.read_text().splitlines()
     atoms = [l for l in lines if l.startswith(("ATOM", "HETATM"))]

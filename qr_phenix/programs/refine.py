@@ -415,7 +415,8 @@ Outputs <prefix>.pdb, .cif, .log, .json; a checkpoint after every macro-cycle
         dm = self.data_manager
         table = self.params.refinement.scattering_table
         try:
-            probe = dm.get_fmodel(scattering_table=table)
+            with inputs.reflection_files_not_probed_as_maps():
+                probe = dm.get_fmodel(scattering_table=table)
         except Sorry as e:
             if "R-free flags" in str(e) and "Multiple" not in str(e):
                 # cctbx's reason (none found, all flagged as test, ...) in one line
