@@ -75,6 +75,11 @@ def test_outputs_json_log_and_cif_are_consistent(xray_runs):
     assert 0 < saved["engine"]["seconds"] < saved["wall_seconds"]
     log = open(qm["outputs"]["log"]).read()
     assert "Weight trials" in log and "chosen:" in log
+    # each QM trial is a QM minimisation: qm_trial_iterations (10), not the
+    # cycles' max_iterations (25) that the library's trials keep
+    assert "Weight trials (same start, 10 iterations each)" in log
+    library_log = open(xray_runs["cctbx"]["outputs"]["log"]).read()
+    assert "Weight trials (same start, 25 iterations each)" in library_log
     # one line per cycle with R-work, R-free, geometry, energy, weight
     for c in saved["cycles"]:
         assert ("%.4f  %.4f" % (c["r_work"], c["r_free"])) in log
@@ -477,8 +482,9 @@ def test_cost_reporter_estimate_and_progress_lines():
     assert rep.estimates[-1][1] == pytest.approx(expected)
     assert rep.all_cycles_estimate == pytest.approx(every)
     text = log.getvalue()
-    assert "First QM gradient: 8 s" in text
-    assert "QM gradients so far: 8 s, 2 s, 6 s, 5 s, 7 s; 6 s per gradient assumed" in text
+    assert "First QM gradient: 8.0 s" in text
+    assert "QM gradients so far: 8.0 s, 2.0 s, 6.0 s, 5.0 s, 7.0 s; 6.0 s per gradient" \
+        " assumed" in text
     assert "Expected: 3 minimisations (40 iterations)" in text
     assert ("estimate for the run: 5 min (4 min from now); at least 3 min (it stops after"
             " cycle 2") in text
@@ -505,6 +511,13 @@ def test_cost_reporter_estimate_and_progress_lines():
                    PlannedStep("cycle 2 of 2", 20, 2)]))
     rep.drop_steps("cycle 1 weight trial ")      # the search ended early
     assert [s.label for s in rep.planned.steps] == ["cycle 2 of 2"]
+
+
+def test_durations_keep_the_digits_that_tell_helix_gradients_apart():
+    from qr_phenix.refinement.progress import minutes
+    # a 94-atom helix gradient takes 0.1-0.3 s: "0 s" told the user nothing
+    assert [minutes(t) for t in (0.137, 0.21, 4.36, 75.0, 600.0, 7200.0)] == \
+        ["0.14 s", "0.21 s", "4.4 s", "75 s", "10 min", "2.0 h"]
 
 
 def test_library_stage_true_without_library_restraints_is_one_sorry():

@@ -86,6 +86,12 @@ class Plan:
 
 
 def minutes(seconds):
+    """A duration as people read it; short ones (a helix gradient takes
+    0.1-0.3 s) with the digits that tell them apart."""
+    if seconds < 1:
+        return "%.2f s" % seconds
+    if seconds < 10:
+        return "%.1f s" % seconds
     if seconds < 90:
         return "%.0f s" % seconds
     if seconds < 5400:

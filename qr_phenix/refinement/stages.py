@@ -4,8 +4,8 @@ A fragmented QM gradient of a real entry costs seconds (1va7, 3.9k atoms,
 GFN2, 126 fragments: ~10 s on 2 processes); a library gradient costs
 milliseconds.  Most of what refinement does from a deposited start (B,
 bulk solvent and scales, the overall fit of side chains) needs no QM, and
-the full QM protocol (5 weight trials, then up to 10 macro-cycles of 25
-iterations) spends 350-450 QM gradients on it.  With `library_stage` on:
+the full QM protocol (5 weight trials of 10 iterations, then up to 10
+macro-cycles of 25) spends 350-450 QM gradients on it.  With `library_stage` on:
 
 1. library stage: the whole library protocol (weight search every cycle,
    B, the never-worse choice) until it converges or stops;
@@ -64,8 +64,9 @@ qm_weight_trials = 0.03125 0.0625 0.125
            at the library stage's model, where the data gradient is small"
 qm_trial_iterations = 10
   .type = int
-  .help = "L-BFGS iterations of each QM-stage weight trial (the macro-cycles \
-           use max_iterations)"
+  .help = "L-BFGS iterations of each weight trial with QM restraints, in the \
+           QM stage and in QM runs without a library stage (the macro-cycles \
+           use max_iterations; library trials too)"
 qm_extra_trials = 3
   .type = int
   .help = "QM stage: at most this many trials toward stronger restraints \
@@ -185,7 +186,6 @@ class StagedRefinement:
         self.quantum = self.make(True, qm_stage_params(self.params), self.qm_checkpoint,
                                  self._load(self.qm_checkpoint), self.fmodel)
         self.quantum.checkpoint_meta = lambda: {"fingerprint": self.fingerprint}
-        self.quantum.trial_iterations = self.params.qm_trial_iterations
         self.quantum.max_extra_trials = self.params.qm_extra_trials
         self.quantum.stale_cycles = QM_STALE_CYCLES
         self.quantum.r_free_ceiling = qm_r_free_ceiling(
