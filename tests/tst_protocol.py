@@ -300,6 +300,25 @@ def test_far_start_anneals_the_weight_until_geometry_is_within_limits(helix_mode
     assert off.run().cycles[0].weight == 0.125
 
 
+def test_qm_does_not_anneal_from_a_trial_that_broke_a_bond(helix_model):
+    # a QM energy does not mend a broken bond: the strong-data trial that broke
+    # one is no start for annealing, however much lower its R-free
+    class BreaksAtTwo(Scripted):
+        def broken_bonds(self):
+            return ["CA - C d=1.97 A (ideal 1.52)"] if (self.scale or 0) >= 2 else []
+    limits = Limits(bond_rmsd=0.015, angle_rmsd=2.0, gap=0.08)
+    settings = dict(r_free_of=lambda s: 0.40 - 0.1 * s, bond_of=lambda s: 0.012 * s,
+                    weight_trials=[0.25, 0.5, 1, 2], anneal="auto", weight_search="first",
+                    macro_cycles=2)
+    for kind, first_weight in ((Scripted, 2), (BreaksAtTwo, 1)):
+        ref = kind(helix_model.deep_copy(), limits, **settings)
+        ref.quantum = True
+        result = ref.run()
+        assert result.cycles[0].weight == first_weight, kind.__name__
+        assert [t.broken_bonds for t in result.trials] == \
+            [0, 0, 0, int(kind is BreaksAtTwo)]
+
+
 def test_gap_limit_allows_the_noise_of_a_small_free_set():
     limits = Limits(bond_rmsd=0.015, angle_rmsd=2.0, gap=0.05, n_free=21)
     assert limits.gap_allowed(0.20) == pytest.approx(2 * 0.20 / 21 ** 0.5)

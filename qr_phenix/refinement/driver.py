@@ -261,7 +261,8 @@ class MacroCycleRefinement:
             self.validate(s)      # maps: the weight must not buy the fit with clashes
         return weights_mod.Trial(scale=scale, r_work=s.r_work, r_free=s.r_free,
                                  bond_rmsd=bond, angle_rmsd=angle, map_cc=s.map_cc,
-                                 clashscore=s.clashscore)
+                                 clashscore=s.clashscore,
+                                 broken_bonds=len(self.broken_bonds()))
 
     def _run_trials(self, scales, cycle):
         """Refine from the same start with each scale and keep the chosen one.
@@ -317,6 +318,11 @@ class MacroCycleRefinement:
 
     def after_sites(self, cycle, stats):
         """Hook after the coordinate step of a cycle (X-ray: ADP refinement)."""
+
+    def broken_bonds(self):
+        """Library bonds the QM energy broke or formed, as texts (none for
+        library restraints, which never break one)."""
+        return stats_mod.broken_bonds(self.model) if self.quantum else []
 
     def validate(self, stats):
         if self.validator is not None:
@@ -401,7 +407,7 @@ class MacroCycleRefinement:
             if self.uses_data and fixed_scale is None and not self.searches_every_cycle() \
                     and not result.annealing and cycle < n_cycles:
                 over_fitted = self._adapt_weight(result, s)
-            broken = stats_mod.broken_bonds(self.model) if self.quantum else []
+            broken = self.broken_bonds()
             if broken:
                 s.broken_bonds = len(broken)
                 s.add_note("covalent bonds broken or formed")
@@ -489,9 +495,12 @@ class MacroCycleRefinement:
         # a QM energy does not pull broken bonds back together as harmonic
         # library terms do (PM7, 1.5 A helix start, scale 2: bond rmsd 0.64 A,
         # never recovered): QM anneals only from trials with bonds still
-        # within ANNEAL_QM_BOND_FACTOR x the limit
-        usable = [t for t in trials if t.r_free is not None and (
-            not self.quantum or t.bond_rmsd <= ANNEAL_QM_BOND_FACTOR * self.limits.bond_rmsd)]
+        # within ANNEAL_QM_BOND_FACTOR x the limit and none broken. A 10-
+        # iteration trial can be within the factor with a bond broken (PM7,
+        # 1.5 A start: bonds 0.075 A, CA-C 1.97 A; the run stopped there)
+        usable = [t for t in trials if t.r_free is not None and (not self.quantum or (
+            t.bond_rmsd <= ANNEAL_QM_BOND_FACTOR * self.limits.bond_rmsd
+            and not t.broken_bonds))]
         if not usable:
             return
         lowest = min(usable, key=lambda t: t.r_free)

@@ -4,8 +4,9 @@ A fragmented QM gradient of a real entry costs seconds (1va7, 3.9k atoms,
 GFN2, 126 fragments: ~10 s on 2 processes); a library gradient costs
 milliseconds.  Most of what refinement does from a deposited start (B,
 bulk solvent and scales, the overall fit of side chains) needs no QM, and
-the full QM protocol (5 weight trials of 10 iterations, then up to 10
-macro-cycles of 25) spends 350-450 QM gradients on it.  With `library_stage` on:
+the full QM protocol (5 weight trials, then up to 10 macro-cycles of 25
+iterations) spent ~400 QM gradients on it (1va7, 3kyi; trials of 25
+iterations then, 10 now).  With `library_stage` on:
 
 1. library stage: the whole library protocol (weight search every cycle,
    B, the never-worse choice) until it converges or stops;

@@ -168,6 +168,7 @@ class Trial(WithGap):
     angle_rmsd: float
     map_cc: Optional[float] = None
     clashscore: Optional[float] = None
+    broken_bonds: int = 0     # library bonds a QM energy broke or formed
     verdict: str = ""
 
 
