@@ -400,8 +400,6 @@ Outputs <prefix>.pdb, .cif, .log, .json; a checkpoint after every macro-cycle
             from qr_phenix.refinement.real_space import GeometryMinimisation
             ref = GeometryMinimisation(model, r, limits, quantum, **kwargs)
         ref.checkpoint_meta = lambda: {"fingerprint": self.fingerprint}
-        if quantum:
-            ref.trial_iterations = min(r.qm_trial_iterations, r.max_iterations)
         if r.validation == "cycles":
             ref.validator = validation.annotate
         self.d_min = d_min

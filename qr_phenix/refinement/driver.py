@@ -112,7 +112,9 @@ class MacroCycleRefinement:
         self.geometry = stats_mod.HeavyAtomGeometry(model)
         self._reference_ratio = self.checkpoint_state.get("reference_ratio")
         self.iterations = params.max_iterations     # of the minimisation under way
-        self.trial_iterations = params.max_iterations
+        # each QM trial is a QM minimisation: qm_trial_iterations, at most a cycle's
+        self.trial_iterations = (min(params.qm_trial_iterations, params.max_iterations)
+                                 if quantum else params.max_iterations)
         self.max_extra_trials = MAX_EXTRA_TRIALS
         self.stale_cycles = STALE_CYCLES
         self.r_free_ceiling = None   # see best_model.choose; the QM stage sets it
