@@ -134,6 +134,29 @@ def test_qm_stage_stops_two_cycles_after_its_best_model(helix_model):
     assert run(stages.QM_STALE_CYCLES) == 1 + 2
 
 
+def test_a_lower_r_free_within_the_noise_keeps_an_xray_run_going(helix_model):
+    """1va7's QM stage: cycle 3's R-free is the lowest yet but within the
+    tolerance of cycle 1's, which has fewer clashes and stays the model to
+    hand back.  R-free still falls, so the run goes on (and cycle 4 is
+    better); it stops two cycles after the last such progress."""
+    from qr_phenix.refinement import stages
+    r_free = {"start": 0.2672, 1: 0.2627, 2: 0.2684, 3: 0.2624, 4: 0.2560, 5: 0.2590, 6: 0.2600, 7: 0.2600}
+    clashes = {0: 5.1, 1: 2.3, 2: 5.6, 3: 4.3, 4: 3.0, 5: 3.0, 6: 3.0, 7: 3.0}
+
+    class ByCycle(Scripted):
+        def measure(self, cycle):
+            s = super().measure(cycle)
+            s.r_free, s.r_work = r_free[cycle], r_free[cycle] - 0.03
+            return s
+    limits = Limits(bond_rmsd=0.015, angle_rmsd=2.0, gap=0.05)
+    ref = ByCycle(helix_model.deep_copy(), limits, r_free_of=lambda s: 0.0,
+                  bond_of=lambda s: 0.005, macro_cycles=7)
+    ref.validator = lambda model, stats: setattr(stats, "clashscore", clashes[stats.cycle])
+    ref.stale_cycles = stages.QM_STALE_CYCLES
+    result = ref.run()
+    assert len(result.cycles) == 6 and result.selected == 4
+
+
 def test_an_over_fitted_cycle_does_not_stop_the_run_before_its_remedy(helix_model):
     """X-ray: cycles 2 and 3 over-fit (R gap over the limit), each followed by
     restraints x2; the cycle at the new weight runs although the stale rule
@@ -212,7 +235,9 @@ def test_cost_plan_expects_the_middle_xray_stop_and_the_earliest_map_stop(helix_
                    bond_of=lambda s: 0.005, weight_trials=[0.5, 1.0], weight_search="first")
     ref.stale_cycles, ref.max_extra_trials = 2, 3
     ref._best, ref._fixed_scale = (0, None), None
-    fresh = SimpleNamespace(cycles=[], scale=None)
+    start = stats_mod.CycleStats(cycle=0, r_work=0.2, r_free=0.22, bond_rmsd=0.01,
+                                 angle_rmsd=1.0)
+    fresh = SimpleNamespace(start=start, cycles=[], scale=None)
     xray = ref.plan(fresh, 5)
     assert [(s.cycle, s.optional) for s in xray.steps] == \
         [(1, False)] * 2 + [(1, True)] * 3 + [(c, False) for c in (2, 3, 4, 5)]
@@ -235,8 +260,9 @@ def test_cost_plan_expects_the_middle_xray_stop_and_the_earliest_map_stop(helix_
     assert (later.earliest_stop, later.expected_stop) == (5, 5)
     # an X-ray run whose cycle 3 is the best so far: the middle of 5..8 is 7
     ref.score = "r_free"
-    within = SimpleNamespace(r_work=0.18, r_free=0.2, weight=0.5)
-    three = SimpleNamespace(cycles=[within] * 3, scale=0.5)
+    within = stats_mod.CycleStats(cycle=1, r_work=0.18, r_free=0.2, weight=0.5,
+                                  bond_rmsd=0.01, angle_rmsd=1.0)
+    three = SimpleNamespace(start=start, cycles=[within] * 3, scale=0.5)
     assert (ref.plan(three, 5).expected_stop, ref.plan(three, 8).expected_stop) == (5, 7)
 
 

@@ -34,7 +34,7 @@ ANNEAL_MIN_R_FREE_GAIN = 0.02   # anneal=auto: trial R-free this much below the 
 ANNEAL_QM_BOND_FACTOR = 2.0     # QM anneals only from trials with bonds within this x limit
 MAX_EXTRA_TRIALS = 6       # weight search toward stronger restraints: down to scale/64...
 GAP_STEP_MIN = 0.002       # ...while halving the scale shrinks R-free - R-work by this
-STALE_CYCLES = 4           # stop when the model to hand back is this many cycles old
+STALE_CYCLES = 4           # stop after this many cycles without progress (_last_progress)
 # The weight chosen by trials from a far-off start is often too cautious later:
 # the start's transient distortions make every strong data weight look
 # over-fitted.  As the original Q|R did, the data weight is doubled when a
@@ -208,13 +208,13 @@ class MacroCycleRefinement:
         """For the cost reporter: progress.Plan of the minimisations still to
         come: the first weight search (its extra trials marked optional), one
         per cycle, and trials around the weight in every cycle with
-        weight_search=every; the earliest stop the stale rule allows (the best
-        model so far plus stale_cycles) and the stop the run is expected at.
+        weight_search=every; the earliest stop the stale rule allows (the last
+        progress plus stale_cycles) and the stop the run is expected at.
         Made before the first cycle and again after each."""
         steps = []
         first = len(result.cycles) + 1
         if self.uses_data:
-            earliest_stop = self._best[0] + self.stale_cycles
+            earliest_stop = self._last_progress(result) + self.stale_cycles
             if self._remedy_next(result):
                 earliest_stop = max(earliest_stop, len(result.cycles) + 1)
             earliest_stop = min(earliest_stop, n_cycles)
@@ -453,18 +453,27 @@ class MacroCycleRefinement:
                 break
             if self._stale(result):
                 result.converged = True
-                print("Stopped: no better model in the last %d cycles (best: cycle %d)"
-                      % (self.stale_cycles, self._best[0]), file=self.log)
+                print("Stopped: no better model%s in the last %d cycles (best: cycle %d)"
+                      % (" and no lower R-free" if self.score == "r_free" else "",
+                         self.stale_cycles, self._best[0]), file=self.log)
                 break
         self._hand_back(result)
         return result
 
     def _stale(self, result):
-        """The model to hand back is stale_cycles cycles old: stop; unless the
-        next cycle tries the remedy for an over-fitted one."""
+        """stale_cycles cycles since the last progress: stop; unless the next
+        cycle tries the remedy for an over-fitted one."""
         return self.uses_data and not result.annealing and \
             not self._remedy_next(result) and \
-            len(result.cycles) - self._best[0] >= self.stale_cycles
+            len(result.cycles) - self._last_progress(result) >= self.stale_cycles
+
+    def _last_progress(self, result):
+        """The latest cycle that brought the model handed back or a new lowest
+        R-free (best_model.latest_r_free_record)."""
+        if self.score != "r_free":
+            return self._best[0]
+        return max(self._best[0], best_model.latest_r_free_record(
+            result.start, result.cycles, self.limits))
 
     def _remedy_next(self, result):
         """X-ray: the last cycle over-fitted (R gap over the limit) and the next

@@ -24,7 +24,8 @@ finished step they are taken as CALLS_PER_ITERATION and the
 minimisation, when there was one).  What is not known in advance is how
 many weight trials and macro-cycles run: extra trials toward stronger
 restraints follow only while no trial meets the limits, and the run stops
-once its best model is stale_cycles cycles old (QM stage: 2).  The plan
+once stale_cycles cycles brought neither a better model nor a lower
+R-free (QM stage: 2).  The plan
 (Plan, from the driver) says where the run may stop at the earliest, where
 it is expected to stop and how many extra trials to expect; the line prints
 the expected figure with both ends: the earliest stop without extra trials

@@ -13,8 +13,9 @@ iterations then, 10 now).  With `library_stage` on:
 2. QM stage: from the model the library stage hands back, short weight
    trials (`qm_weight_trials`, `qm_trial_iterations` iterations each) and
    up to `qm_macro_cycles` macro-cycles with QM restraints, stopping when
-   the best model is QM_STALE_CYCLES cycles old (X-ray: not while the next
-   cycle tries stronger restraints after an over-fitted one).
+   QM_STALE_CYCLES cycles brought neither a better model nor (X-ray) a
+   lower R-free (X-ray: not while the next cycle tries stronger restraints
+   after an over-fitted one).
 
 The model handed back is the QM stage's choice among its cycles.  The
 library model is the QM stage's start, not its rival: it is handed back only
