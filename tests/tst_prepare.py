@@ -121,7 +121,9 @@ def test_existing_output_is_refused(prepared):
 def test_prepare_gives_the_same_model_every_time(prepared):
     """OpenMM's multi-threaded CPU platform, unseeded Langevin steps for rebuilt
     side chains and random hydrogen starts made runs differ (and so, now and
-    then, the total charge and the largest X-H distance)."""
+    then, the total charge and the largest X-H distance).  Between machines
+    the CPU platform's single-precision vector code did too; preparation runs
+    on the Reference platform (same run here; other machines not checked)."""
     from libtbx.utils import null_out
     from qr_phenix.preparation import prepare_file
     _, out = prepared
