@@ -66,8 +66,8 @@ def latest_r_free_record(start, cycles, limits) -> int:
     R_FREE_TOLERANCE of the model chosen is no better to hand back, but
     R-free is cross-validated: still falling, refinement is not done (1va7,
     GFN2 after the library stage: cycle 3 0.2624 vs cycle 1 0.2627 with
-    fewer clashes; the run stopped there, earlier runs went on to
-    0.2505-0.2531).  Map CC has no free set to tell such a gain from
+    fewer clashes; the run stopped there, and with the record counted it
+    went on to 0.2569 in cycle 5).  Map CC has no free set to tell such a gain from
     crowding atoms into density, so maps have no records."""
     candidates = [start] + list(cycles)
     pool, _, _ = _acceptable(candidates, limits, "r_free")
