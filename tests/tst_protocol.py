@@ -140,7 +140,8 @@ def test_a_lower_r_free_within_the_noise_keeps_an_xray_run_going(helix_model):
     hand back.  R-free still falls, so the run goes on (and cycle 4 is
     better); it stops two cycles after the last such progress."""
     from qr_phenix.refinement import stages
-    r_free = {"start": 0.2672, 1: 0.2627, 2: 0.2684, 3: 0.2624, 4: 0.2560, 5: 0.2590, 6: 0.2600, 7: 0.2600}
+    r_free = {"start": 0.2672, 1: 0.2627, 2: 0.2684, 3: 0.2624, 4: 0.2560, 5: 0.2590,
+              6: 0.2600, 7: 0.2600}
     clashes = {0: 5.1, 1: 2.3, 2: 5.6, 3: 4.3, 4: 3.0, 5: 3.0, 6: 3.0, 7: 3.0}
 
     class ByCycle(Scripted):

@@ -67,8 +67,8 @@ def latest_r_free_record(start, cycles, limits) -> int:
     R-free is cross-validated: still falling, refinement is not done (1va7,
     GFN2 after the library stage: cycle 3 0.2624 vs cycle 1 0.2627 with
     fewer clashes; the run stopped there, and with the record counted it
-    went on to 0.2569 in cycle 5).  Map CC has no free set to tell such a gain from
-    crowding atoms into density, so maps have no records."""
+    went on to 0.2569 in cycle 5).  Map CC has no free set to tell such a
+    gain from crowding atoms into density, so maps have no records."""
     candidates = [start] + list(cycles)
     pool, _, _ = _acceptable(candidates, limits, "r_free")
     return min(pool, key=lambda i: (candidates[i].r_free, i)) if pool else 0

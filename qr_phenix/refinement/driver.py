@@ -453,9 +453,9 @@ class MacroCycleRefinement:
                 break
             if self._stale(result):
                 result.converged = True
-                print("Stopped: no better model%s in the last %d cycles (best: cycle %d)"
-                      % (" and no lower R-free" if self.score == "r_free" else "",
-                         self.stale_cycles, self._best[0]), file=self.log)
+                print("Stopped: %s in the last %d cycles (best: cycle %d)"
+                      % (self.no_progress(), self.stale_cycles, self._best[0]),
+                      file=self.log)
                 break
         self._hand_back(result)
         return result
@@ -468,12 +468,20 @@ class MacroCycleRefinement:
             len(result.cycles) - self._last_progress(result) >= self.stale_cycles
 
     def _last_progress(self, result):
-        """The latest cycle that brought the model handed back or a new lowest
-        R-free (best_model.latest_r_free_record)."""
-        if self.score != "r_free":
+        """The latest cycle that brought the model handed back or (X-ray) a
+        new lowest R-free (best_model.latest_r_free_record)."""
+        if not self._counts_r_free_records():
             return self._best[0]
         return max(self._best[0], best_model.latest_r_free_record(
             result.start, result.cycles, self.limits))
+
+    def _counts_r_free_records(self):
+        return self.score == "r_free"
+
+    def no_progress(self):
+        """What the stale rule counts as a cycle without progress, for the log."""
+        return "no better model" + (
+            " and no lower R-free" if self._counts_r_free_records() else "")
 
     def _remedy_next(self, result):
         """X-ray: the last cycle over-fitted (R gap over the limit) and the next

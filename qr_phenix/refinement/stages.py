@@ -183,9 +183,8 @@ class StagedRefinement:
         minimisations = len(self.library_result.trials) + sum(
             1 for c in self.library_result.cycles if "trials" not in c.note)
         print("\n=== QM stage: up to %d macro-cycles from the library stage's model"
-              " (stops when %d bring no better model%s) ==="
-              % (self.params.qm_macro_cycles, QM_STALE_CYCLES,
-                 " and no lower R-free" if self.library.score == "r_free" else ""),
+              " (stops when %d bring %s) ==="
+              % (self.params.qm_macro_cycles, QM_STALE_CYCLES, self.library.no_progress()),
               file=self.log)
         self.quantum = self.make(True, qm_stage_params(self.params), self.qm_checkpoint,
                                  self._load(self.qm_checkpoint), self.fmodel)
