@@ -40,8 +40,29 @@ def _preload_openblas():
 
 _preload_openblas()
 
-# cctbx's Boost.Python extensions segfault at import when scipy.spatial was
-# imported first (cctbx-base 2025.11, scipy 1.x wheels: `import scipy.spatial;
-# import iotbx.pdb` crashes).  Loading Boost.Python here, before any qr_phenix
-# module imports scipy, makes every import order safe.
+# cctbx's Boost.Python extensions segfault at import when scipy.linalg (also
+# through scipy.spatial or ase.io) or openmm (also through pdbfixer) was
+# imported first: the cctbx-base wheel brings its own libstdc++, and the first
+# iostream call of boost_python_meta_ext then crashes in a locale facet of the
+# system libstdc++ those modules loaded (cctbx-base 2025.11, scipy 1.x and
+# openmm 8 wheels).  Loading Boost.Python here, before any qr_phenix module
+# imports them, makes every order of qr_phenix's own imports safe.  A program
+# that imported one of them before qr_phenix is told why it is about to crash.
+CRASHES_BOOST_PYTHON_IF_FIRST = ("scipy.linalg", "openmm")
+
+
+def _warn_if_boost_python_will_crash():
+    import sys
+    if "boost_python_meta_ext" in sys.modules:
+        return
+    early = [m for m in CRASHES_BOOST_PYTHON_IF_FIRST if m in sys.modules]
+    if early:
+        sys.stderr.write(
+            "qr_phenix: %s was imported before qr_phenix (or cctbx); cctbx's Boost.Python"
+            " extensions may now crash the interpreter (segmentation fault). Import"
+            " qr_phenix first.\n" % " and ".join(early))
+        sys.stderr.flush()
+
+
+_warn_if_boost_python_will_crash()
 import boost_adaptbx.boost.python  # noqa: E402,F401
