@@ -26,3 +26,11 @@ def test_importing_qr_phenix_first_says_nothing():
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-500:]
     assert "imported before qr_phenix" not in r.stderr
+
+
+def test_cctbx_loaded_before_scipy_and_openmm_says_nothing():
+    # Boost.Python already loaded: the later scipy/openmm imports are harmless.
+    code = "import iotbx.pdb; import scipy.linalg; import openmm; import qr_phenix; print('ok')"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-500:]
+    assert "imported before qr_phenix" not in r.stderr
