@@ -119,13 +119,28 @@ def _refine_available():
 
 @needs_data
 @pytest.mark.skipif(not _refine_available(), reason="qr_phenix.refine not importable")
-def test_quick_mode_end_to_end(tmp_path):
+def test_time_left_uses_each_methods_own_job_time():
+    from qr_phenix.benchmark.jobs import seconds_left
+    # two PM7 jobs of 100 s and one library job of 4 s done; waiting: one PM7
+    # and three library jobs on 2 processes -> (100 + 3 x 4) / 2
+    assert seconds_left({"pm7": [90.0, 110.0], "cctbx": [4.0]},
+                        ["pm7", "cctbx", "cctbx", "cctbx"], 2) == pytest.approx(56.0)
+    assert seconds_left({"pm7": [100.0]}, [], 2) == 0
+    # a method not timed yet: no estimate rather than a wrong one
+    assert seconds_left({"cctbx": [4.0]}, ["gfn2"], 2) is None
+
+
+def test_quick_mode_end_to_end(tmp_path, capsys):
     from qr_phenix.benchmark import study
     from qr_phenix.command_line.benchmark import run
     out = tmp_path / "quick"
     args = [str(out), "quick=True", "nproc=2", "entry=%s" % ENTRY,
             "published_reference=%s" % PUBLISHED]
     run(args)
+    # a line per job with the time so far; the last one estimates nothing left
+    job_lines = [l for l in capsys.readouterr().out.splitlines() if re.match(r"\s+\[\d+/8\]", l)]
+    assert len(job_lines) == 8, job_lines
+    assert "min left" in job_lines[-2] and "~0 min left" in job_lines[-1], job_lines
     for name in ("report.md", "results.json", "fig4_r_factors.png", "fig5_hbonds.png"):
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
     for name in ("fig4_r_factors.png", "fig5_hbonds.png"):

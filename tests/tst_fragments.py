@@ -143,13 +143,11 @@ def prepared_1us0():
     return h, cs
 
 
-def test_full_1us0_partition_fast_with_symmetry_neighbours(prepared_1us0):
+def test_full_1us0_partition_with_symmetry_neighbours(prepared_1us0):
+    # its time is benchmarks/fragments_scaling.py's to measure, not a test's
     h, cs = prepared_1us0
     sites = np.array(h.atoms().extract_xyz())
-    t0 = time.perf_counter()
     part = build_partition(h, sites, crystal_symmetry=cs, core_size=60, buffer_radius=4.0)
-    seconds = time.perf_counter() - t0
-    assert seconds < 10
     assert len(part.images) > 0  # crystal contacts in P21 reach into buffers
     cores = np.sort(np.concatenate([f.core for f in part.fragments]))
     assert np.array_equal(cores, np.arange(len(sites)))

@@ -146,8 +146,24 @@ def _tail(path, n=15):
         return ""
 
 
+def seconds_left(finished, waiting, nproc):
+    """Wall seconds the waiting jobs need: each method's mean job time so far,
+    summed over the waiting jobs and shared by nproc processes; None while a
+    waiting method has no finished job to time it by.
+
+    finished: method -> [seconds of its finished jobs]; waiting: their methods.
+    Jobs run model by model, every method in turn, so each method has a time
+    after the first model's jobs (a PM7 job takes ~2x a GFN2 one, ~25x a
+    library one: a plain mean over all jobs would be off by the mix)."""
+    mean = {m: sum(t) / len(t) for m, t in finished.items() if t}
+    if any(m not in mean for m in waiting):
+        return None
+    return sum(mean[m] for m in waiting) / max(1, nproc)
+
+
 def run_all(jobs, nproc=1, log=sys.stdout, timeout=None):
-    """Run the jobs that are not done, nproc at a time; returns (n_run, n_failed)."""
+    """Run the jobs that are not done, nproc at a time; returns (n_run, n_failed).
+    After each job: its time, the time so far and the estimate for the rest."""
     todo = [j for j in jobs if not j.done()]
     print("Jobs: %d total, %d done, %d to run on %d processes"
           % (len(jobs), len(jobs) - len(todo), len(todo), nproc), file=log, flush=True)
@@ -158,11 +174,19 @@ def run_all(jobs, nproc=1, log=sys.stdout, timeout=None):
     order = {m: i for i, m in enumerate(("bp86", "hf_d3", "pm7", "gfn2", "cctbx"))}
     todo.sort(key=lambda j: (j.index, order.get(j.method, 0), -j.dose))
     n_failed = 0
+    finished = {}
+    t0 = time.time()
     with ThreadPoolExecutor(max_workers=max(1, nproc)) as pool:
-        futures = [pool.submit(run_job, j, timeout) for j in todo]
+        futures = {pool.submit(run_job, j, timeout): j for j in todo}
+        waiting = [j.method for j in todo]
         for k, fut in enumerate(as_completed(futures), start=1):
             job, ok, seconds, msg = fut.result()
             n_failed += not ok
-            print("  [%d/%d] %-22s %s %6.1f s %s" % (k, len(todo), job.name,
-                  "ok    " if ok else "FAILED", seconds, msg), file=log, flush=True)
+            finished.setdefault(job.method, []).append(seconds)
+            waiting.remove(job.method)
+            left = seconds_left(finished, waiting, nproc)
+            eta = "" if left is None else ", ~%.0f min left" % (left / 60.0)
+            print("  [%d/%d] %-22s %s %6.1f s (%.0f min so far%s) %s"
+                  % (k, len(todo), job.name, "ok    " if ok else "FAILED", seconds,
+                     (time.time() - t0) / 60.0, eta, msg), file=log, flush=True)
     return len(todo), n_failed
