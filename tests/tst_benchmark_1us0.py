@@ -117,11 +117,9 @@ def _refine_available():
         return False
 
 
-@needs_data
-@pytest.mark.skipif(not _refine_available(), reason="qr_phenix.refine not importable")
 def test_time_left_uses_each_methods_own_job_time():
     from qr_phenix.benchmark.jobs import seconds_left
-    # two PM7 jobs of 100 s and one library job of 4 s done; waiting: one PM7
+    # two PM7 jobs of 90 and 110 s and one library job of 4 s done; waiting: one PM7
     # and three library jobs on 2 processes -> (100 + 3 x 4) / 2
     assert seconds_left({"pm7": [90.0, 110.0], "cctbx": [4.0]},
                         ["pm7", "cctbx", "cctbx", "cctbx"], 2) == pytest.approx(56.0)
@@ -130,6 +128,8 @@ def test_time_left_uses_each_methods_own_job_time():
     assert seconds_left({"cctbx": [4.0]}, ["gfn2"], 2) is None
 
 
+@needs_data
+@pytest.mark.skipif(not _refine_available(), reason="qr_phenix.refine not importable")
 def test_quick_mode_end_to_end(tmp_path, capsys):
     from qr_phenix.benchmark import study
     from qr_phenix.command_line.benchmark import run

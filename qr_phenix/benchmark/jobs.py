@@ -177,7 +177,7 @@ def run_all(jobs, nproc=1, log=sys.stdout, timeout=None):
     finished = {}
     t0 = time.time()
     with ThreadPoolExecutor(max_workers=max(1, nproc)) as pool:
-        futures = {pool.submit(run_job, j, timeout): j for j in todo}
+        futures = [pool.submit(run_job, j, timeout) for j in todo]
         waiting = [j.method for j in todo]
         for k, fut in enumerate(as_completed(futures), start=1):
             job, ok, seconds, msg = fut.result()
