@@ -52,6 +52,12 @@ values small (it cancels in gradients, in weights and in line searches).
 Units: kcal/mol and kcal/mol/A, like the library terms; `scale` multiplies
 the QM energy (1 = physical kcal/mol).
 
+Between `expand_at(x0)` and `end_expansion()` the QM term is answered by a
+local model: E_QM and its gradient at x0 plus GFN-FF's curvature about x0
+(qm_expansion.py), so a minimiser takes several steps per QM gradient.  A
+force field that fails leaves QM to answer every call (`expansion_available`
+says why).
+
 The library evaluation is kept in every result (`bond_deviations()`,
 `angle_deviations()`, proxy counts, `number_of_restraints`), so reported
 geometry is the usual rmsd against the Engh & Huber library even when the
@@ -70,12 +76,16 @@ from scitbx.array_family import flex
 from cctbx import geometry_restraints
 
 from qr_phenix import chemistry
-from qr_phenix.engines import make_calculator
-from qr_phenix.engines.base import energy_and_gradient
+from qr_phenix.engines import get_engine, make_calculator
+from qr_phenix.engines.base import EngineSettings, energy_and_gradient
 from qr_phenix.engines.settings import (
     ENGINE_OPTIONS_PHIL, engine_phil_str, engine_settings_from_params)
 from qr_phenix.monomer_library import library_bond_pairs, library_bonds, library_manager
+from qr_phenix.qm_expansion import LocalQMModel
 from qr_phenix.qm_region import build_region, covalent_bonds, move_cuts_to_sp3_carbons
+
+#: the force field whose curvature shapes the steps between QM gradients
+SHAPE_ENGINE = "gfnff"
 
 # A line search can try a point where two atoms nearly coincide.  Engines
 # then fail (MOPAC: "GEOMETRY IN ERROR") or, worse, return a spurious low
@@ -84,6 +94,7 @@ from qr_phenix.qm_region import build_region, covalent_bonds, move_cuts_to_sp3_c
 # so a steep wall there changes no physical geometry; below CONTACT_FLOOR the
 # engine is not called at all and the wall alone answers, so the line search
 # backs off instead of the run stopping.
+
 CONTACT_WALL = 0.75            # A
 CONTACT_FLOOR = 0.5            # A
 WALL_FORCE_CONSTANT = 2000.0   # kcal/mol/A^2
@@ -343,11 +354,14 @@ class QMRestraintsManager:
     link atom that QM counts are replaced too (module doc).
     qm_sees_symmetry: the evaluator includes symmetry mates (fragments with
     images in their buffers); the whole library is then dropped.
+    shape_factory: callable -> an evaluator of the force field (for the
+    atoms QM sees) whose curvature `expand_at`'s local model borrows
+    (qm_expansion.py); built on first use.
     """
 
     def __init__(self, standard, evaluator, region_atoms=None, n_atoms=None, scale=1.0,
                  engine_name="qm", charge_assignment=None, caps=(),
-                 qm_sees_symmetry=False, elements=None):
+                 qm_sees_symmetry=False, elements=None, shape_factory=None):
         self.standard = standard
         self.evaluator = evaluator
         self.region_atoms = None if region_atoms is None else np.asarray(region_atoms)
@@ -374,6 +388,10 @@ class QMRestraintsManager:
         self._cache_value = None
         self._last_engine_energy = None
         self.observer = None
+        self.shape_factory = shape_factory
+        self.shape_error = None
+        self.local_model = None
+        self._local_active = False
 
     def set_observer(self, observer):
         """An object told each engine call (`engine_call(seconds)`) and, for
@@ -416,13 +434,58 @@ class QMRestraintsManager:
     def reset_energy_reference(self):
         self.energy_reference = None
 
+    def expansion_available(self):
+        """(True, "") when `expand_at` can be used, else (False, why)."""
+        if self.shape_error is not None:
+            return False, self.shape_error
+        if self.shape_factory is None:
+            return False, "no force field for this QM term"
+        return get_engine(SHAPE_ENGINE).available(None)
+
+    def _shape_failed(self, error):
+        """The force field failed (an atom type GFN-FF cannot handle, a
+        crashed process): QM answers every call from here on."""
+        self._local_active = False
+        self.shape_error = "%s failed: %s" % (SHAPE_ENGINE, str(error).splitlines()[0])
+
+    def expand_at(self, sites_cart):
+        """Take a QM gradient at sites_cart and answer later calls from the
+        local model about it (qm_expansion.py) until `end_expansion`."""
+        self._local_active = False
+        energy, gradient = self.qm_energy_and_gradient(sites_cart)
+        # the contact wall is added to the local model's answers, not expanded
+        sites = np.array(sites_cart, dtype=float).reshape(-1, 3)
+        wall, wall_gradient, _ = contact_wall(sites, self.region_atoms)
+        if self.shape_error is not None:
+            return
+        try:
+            if self.local_model is None:
+                self.local_model = LocalQMModel(self.shape_factory())
+            self.local_model.expand_at(sites, energy - wall, gradient - wall_gradient)
+        except Exception as e:
+            self._shape_failed(e)
+            return
+        self._local_active = True
+
+    def end_expansion(self):
+        self._local_active = False
+
     def qm_energy_and_gradient(self, sites_cart):
         """QM energy (kcal/mol, absolute) and gradient on model atoms (n, 3).
 
         Identical coordinates are not recomputed: minimisers ask for a
-        target-only value at the point they just evaluated.
+        target-only value at the point they just evaluated.  Between
+        `expand_at` and `end_expansion` the local model answers instead.
         """
         sites = np.array(sites_cart, dtype=float).reshape(-1, 3)
+        if self._local_active:
+            wall, wall_gradient, _ = contact_wall(sites, self.region_atoms)
+            try:
+                energy, gradient = self.local_model.energy_and_gradient(sites)
+            except Exception as e:
+                self._shape_failed(e)
+            else:
+                return energy + wall, gradient + wall_gradient
         key = hashlib.sha1(sites.tobytes()).hexdigest()
         if key == self._cache_key:
             return self._cache_value
@@ -585,9 +648,10 @@ def build_qm_manager(model, params, log=sys.stdout, fragment_params=None,
         if fragmentation.fragments_enabled(fragment_params, n, params.selection):
             evaluator = fragmentation.build_fragment_evaluator(
                 model, params, fragment_params, parallel_params, log=log)
-            return QMRestraintsManager(standard=standard, evaluator=evaluator, n_atoms=n,
-                                       scale=params.scale, engine_name=params.engine,
-                                       qm_sees_symmetry=True, elements=oc_elements)
+            return QMRestraintsManager(
+                standard=standard, evaluator=evaluator, n_atoms=n, scale=params.scale,
+                engine_name=params.engine, qm_sees_symmetry=True, elements=oc_elements,
+                shape_factory=lambda: evaluator.sibling(shape_settings(evaluator.settings)))
     cap_elements = ["H"] * (len(region.caps) if region is not None else 0)
     charges = chemistry.assign_charge_and_multiplicity(
         hierarchy, selection, charge=params.charge, multiplicity=params.multiplicity,
@@ -604,7 +668,16 @@ def build_qm_manager(model, params, log=sys.stdout, fragment_params=None,
         standard=standard, evaluator=evaluator,
         region_atoms=None if region is None else region.atoms, n_atoms=n,
         scale=params.scale, engine_name=params.engine, charge_assignment=charges,
-        caps=() if region is None else region.caps, elements=oc_elements)
+        caps=() if region is None else region.caps, elements=oc_elements,
+        shape_factory=lambda: SingleCalculation(
+            make_calculator(shape_settings(settings)), elements, region))
+
+
+def shape_settings(settings):
+    """The force field of qm_expansion.py for what `settings` computes: the
+    same atoms, charge and implicit solvent."""
+    return EngineSettings(name=SHAPE_ENGINE, charge=settings.charge,
+                          multiplicity=settings.multiplicity, solvent=settings.solvent)
 
 
 def install(model, manager):

@@ -56,10 +56,10 @@ def fd_error(calc, symbols, positions, n_atoms=6, step=1e-3, seed=0):
 # -- registry ---------------------------------------------------------------
 
 def test_registry_names_and_phil_choice():
-    assert engine_names() == ["gfn2", "gfn1", "xtb", "pm7", "pm6_d3h4", "pm6", "hf",
-                              "dft", "ase", "ani2x", "aimnet2", "test"]
+    assert engine_names() == ["gfn2", "gfn1", "xtb", "gfnff", "pm7", "pm6_d3h4", "pm6",
+                              "hf", "dft", "ase", "ani2x", "aimnet2", "test"]
     assert phil_choice() == "*gfn2 " + " ".join(engine_names()[1:])
-    assert phil_choice("pm7").split()[3] == "*pm7"
+    assert phil_choice("pm7").split()[4] == "*pm7"
     for engine in ENGINES.values():
         assert engine.description
         ok, reason = engine.available()
@@ -100,7 +100,8 @@ HELIX_REFERENCE_KCAL = {
 FD_TOLERANCE = {"pm6_d3h4": 3e-3, "pm7": 0.1}
 
 
-@pytest.mark.parametrize("name", ["gfn2", "gfn1", "xtb", "pm7", "pm6_d3h4", "pm6", "test"])
+@pytest.mark.parametrize("name", ["gfn2", "gfn1", "xtb", "gfnff", "pm7", "pm6_d3h4", "pm6",
+                                  "test"])
 def test_helix_gradient_matches_finite_difference(helix, name):
     symbols, positions = helix
     calc = calculator(name)
@@ -161,6 +162,46 @@ def test_gfn2_tblite_and_xtb_binary_agree(helix):
     diff = np.linalg.norm(a.gradient - b.gradient) / np.linalg.norm(a.gradient)
     assert diff < 1e-3  # measured 1.6e-4
     assert np.abs(a.gradient - b.gradient).max() < 0.05  # kcal/mol/A
+
+
+@pytest.mark.parametrize("name", ["gfn2", "xtb"])
+def test_xtb_accuracy_loosens_the_scc(helix, name):
+    # accuracy scales the SCC convergence thresholds: 0.01 is converged far
+    # below what refinement sees, 1 (default) within ~1e-3 kcal/mol, 100
+    # visibly looser but still the same surface
+    symbols, positions = helix
+    results = {acc: energy_and_gradient(calculator(name, accuracy=acc), symbols, positions)
+               for acc in (0.01, 1.0, 100.0)}
+    tight = results[0.01]
+    error = {acc: abs(r.energy - tight.energy) for acc, r in results.items()}
+    print("%s: |E - E(accuracy 0.01)| kcal/mol: %s" % (name, error))
+    assert error[1.0] < error[100.0] < 1.0
+    for acc in (1.0, 100.0):
+        g = results[acc].gradient
+        assert np.linalg.norm(g - tight.gradient) / np.linalg.norm(tight.gradient) < 0.01
+
+
+def test_accuracy_must_be_positive():
+    from qr_phenix.restraints_manager import phil_scope
+    from qr_phenix.engines.settings import engine_settings_from_params
+    params = phil_scope.extract().qm_restraints
+    params.engine_options.accuracy = 0
+    with pytest.raises(Sorry, match="accuracy=0.*positive"):
+        engine_settings_from_params(params, charge=0, multiplicity=1)
+    params.engine_options.accuracy = 3
+    assert engine_settings_from_params(params, 0, 1).accuracy == 3
+
+
+def test_gfnff_builds_a_new_topology_for_new_atoms(helix):
+    # GFN-FF keeps its topology file between calls; a calculator that goes on
+    # to other atoms must not read the old one
+    symbols, positions = helix
+    calc = calculator("gfnff")
+    energy_and_gradient(calc, symbols, positions)
+    reused = energy_and_gradient(calc, ACETAMIDE_SYMBOLS, ACETAMIDE)
+    fresh = energy_and_gradient(calculator("gfnff"), ACETAMIDE_SYMBOLS, ACETAMIDE)
+    assert reused.energy == pytest.approx(fresh.energy, abs=1e-6)
+    assert np.abs(reused.gradient - fresh.gradient).max() < 1e-6
 
 
 def test_tblite_threads_give_the_same_energy(helix):

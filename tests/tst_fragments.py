@@ -6,8 +6,6 @@ in P21; one gradient, about 40 s on 2 cores); timings are in
 benchmarks/fragments_scaling.py, not here.
 """
 
-import time
-
 import numpy as np
 import pytest
 
@@ -292,11 +290,10 @@ def test_dask_worker_death_reruns_fragment(dask_executor, tmp_path):
                            executor=dask_executor)
     _, g1 = ev.energy_and_gradient(sites)
     ev.inject_failure = ("exit", str(tmp_path / "dask_marker"))
-    t0 = time.time()
+    # a lost fragment that is never rerun hangs here (CI's time limit ends it)
     _, g2 = ev.energy_and_gradient(sites)
     assert (tmp_path / "dask_marker").exists()  # the failure really happened
     assert np.abs(g2 - g1).max() < SCC_NOISE
-    assert time.time() - t0 < 120
 
 
 def test_calculators_of_earlier_partitions_are_dropped():

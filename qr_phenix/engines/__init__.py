@@ -62,6 +62,8 @@ ENGINES = OrderedDict((e.name, e) for e in (
            _lazy("tblite", "factory", "gfn1"), _tblite_available, True),
     Engine("xtb", "GFN2-xTB, the xtb program",
            _lazy("xtb_binary", "factory"), _available("xtb_binary"), True),
+    Engine("gfnff", "GFN-FF force field, the xtb program",
+           _lazy("xtb_binary", "factory_gfnff"), _available("xtb_binary"), True),
     Engine("pm7", "PM7, the MOPAC program (mozyme=True for MOZYME)",
            _lazy("mopac", "factory", "pm7"), _available("mopac"), True),
     Engine("pm6_d3h4", "PM6-D3H4, the MOPAC program",

@@ -45,6 +45,9 @@ class EngineSettings:
     #: electronic temperature in K (tblite/xtb); raised by the retry path
     electronic_temperature: float = 300.0
     max_iterations: int = 250
+    #: xTB numerical accuracy (tblite/xtb): SCC convergence and integral
+    #: thresholds scale with it; larger is looser and faster
+    accuracy: float = 1.0
     #: MOPAC: linear-scaling localized-orbital SCF
     mozyme: bool = False
     #: PySCF

@@ -136,6 +136,7 @@ class TBLiteCalculator(EngineCalculator):
                 charge=float(s.charge), uhf=int(s.multiplicity) - 1,
                 color=False, logger=self._messages.append)
             tb.set("verbosity", 0)
+            tb.set("accuracy", float(s.accuracy))
             if s.solvent:
                 model, _, solvent = s.solvent.rpartition(":")
                 model = (model or "alpb").lower()

@@ -1,4 +1,4 @@
-"""GFN2-xTB through the `xtb` program (Debian package `xtb`, 6.5.1 here).
+"""GFN2-xTB and GFN-FF through the `xtb` program (Debian package `xtb`, 6.5.1 here).
 
 Each calculator owns a private scratch directory; xtb runs there with
 subprocess(cwd=...) and keeps its `xtbrestart` between calls (about 10 %
@@ -9,6 +9,12 @@ xtb leaves old result files in place when it aborts, so they are deleted
 before every run; a failed SCC (exit code 1, "did not converge") triggers the
 retry path: fresh guess, more iterations, then a higher electronic
 temperature.
+
+GFN-FF (`--gfnff`) writes its topology (bonds, rings, charges) to
+`gfnff_topo` on the first call and reads it back on later ones, so the
+force field keeps one topology, and one smooth energy surface, for as long
+as the atom list stays the same.  Setting it up is the expensive part
+(prepared 1va7, 3932 atoms: minutes; a 94-atom helix: milliseconds).
 """
 
 import logging
@@ -35,6 +41,8 @@ RETRY_TEMPERATURES_K = (3000.0,)
 
 _OUTPUTS = ("gradient", "energy", "coord.engrad", "charges", "wbo", "xtbtopo.mol",
             ".xtboptok")
+#: GFN-FF's topology, kept between calls with the same atoms
+_GFNFF_TOPOLOGY = ("gfnff_topo", "gfnff_charges", "gfnff_adjacency")
 
 
 def available(settings=None):
@@ -61,18 +69,18 @@ def read_gradient_file(path, natoms):
 
 
 class XTBBinaryCalculator(EngineCalculator):
-    """`xtb --gfn 2 --grad` as an ASE calculator (eV, eV/A)."""
-
-    engine_name = "xtb"
+    """`xtb --gfn 2 --grad` (or `--gfnff` with gfn="ff") as an ASE calculator
+    (eV, eV/A)."""
 
     def __init__(self, settings, gfn=2, **kwargs):
         super().__init__(settings, **kwargs)
         self.binary = find_binary(settings.binary, "xtb", INSTALL_HINT, "xtb")
-        self.gfn = int(gfn)
+        self.gfn = str(gfn)
+        self.engine_name = "xtb GFN-FF" if self.gfn == "ff" else "xtb"
         self.scratch = ScratchDir(settings.workdir, prefix="qr_xtb_")
 
     def _reset_for_new_atoms(self):
-        self.scratch.remove("xtbrestart")
+        self.scratch.remove("xtbrestart", *_GFNFF_TOPOLOGY)
 
     def _env(self):
         env = child_environment(self.settings.threads)
@@ -82,9 +90,11 @@ class XTBBinaryCalculator(EngineCalculator):
 
     def _command(self, max_iter, temperature, restart):
         s = self.settings
-        cmd = [self.binary, "coord.xyz", "--gfn", str(self.gfn), "--grad",
+        method = ["--gfnff"] if self.gfn == "ff" else ["--gfn", self.gfn]
+        cmd = [self.binary, "coord.xyz"] + method + ["--grad",
                "--chrg", str(int(s.charge)), "--uhf", str(int(s.multiplicity) - 1),
-               "--iterations", str(int(max_iter)), "--etemp", "%.1f" % temperature]
+               "--iterations", str(int(max_iter)), "--etemp", "%.1f" % temperature,
+               "--acc", "%g" % s.accuracy]
         if not restart:
             cmd.append("--norestart")
         if s.solvent:
@@ -99,6 +109,8 @@ class XTBBinaryCalculator(EngineCalculator):
     def _attempts(self):
         s = self.settings
         more = max(1000, s.max_iterations)
+        if self.gfn == "ff":     # a force field: no SCC to retry
+            return [("GFN-FF", s.max_iterations, s.electronic_temperature, True)]
         steps = [("restart from xtbrestart" if os.path.exists(self.scratch.file("xtbrestart"))
                   else "default guess", s.max_iterations, s.electronic_temperature, True),
                  ("fresh guess, %d iterations" % more, more, s.electronic_temperature, False)]
@@ -156,3 +168,7 @@ def _error_lines(text):
 
 def factory(settings):
     return XTBBinaryCalculator(settings)
+
+
+def factory_gfnff(settings):
+    return XTBBinaryCalculator(settings, gfn="ff")

@@ -81,6 +81,21 @@ class FragmentEvaluator:
         #: callable(done, total) after each finished fragment (progress reports)
         self.on_fragment_done = None
 
+    def sibling(self, settings: EngineSettings):
+        """An evaluator of the same fragments with another engine (its own
+        calculators, the same executor): the force field of
+        qr_phenix/qm_expansion.py sees what the QM engine sees."""
+        import copy
+        import uuid
+        other = copy.copy(self)
+        other.settings = settings
+        other._id = uuid.uuid4().hex[:12]
+        other.n_evaluations = 0
+        other._history = []
+        other.on_fragment_done = None    # the cost reporter counts QM fragments
+        other.inject_failure = None
+        return other
+
     # -- partition ----------------------------------------------------------------------
 
     def update_partition(self, sites, force=False):

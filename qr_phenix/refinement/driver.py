@@ -116,9 +116,24 @@ class MacroCycleRefinement:
         self.trial_iterations = (min(params.qm_trial_iterations, params.max_iterations)
                                  if quantum else params.max_iterations)
         self.max_extra_trials = MAX_EXTRA_TRIALS
+        self.local_iterations = self._local_iterations()
         self.stale_cycles = STALE_CYCLES
         self.r_free_ceiling = None   # see best_model.choose; the QM stage sets it
         self.reporter = None     # progress.CostReporter, told each minimisation
+
+    def _local_iterations(self):
+        """L-BFGS iterations per QM gradient on the local model of the QM
+        energy (qm_expansion.py); 0: a QM gradient at every evaluation."""
+        wanted = max(0, self.params.qm_local_iterations or 0) if self.quantum else 0
+        if not wanted:
+            return 0
+        grm = self.model.get_restraints_manager().geometry
+        ok, why = grm.expansion_available()
+        if not ok:
+            print("  QM gradient at every L-BFGS step (refinement.qm_local_iterations=%d"
+                  " needs GFN-FF: %s)" % (wanted, why), file=self.log)
+            return 0
+        return wanted
 
     # -- to implement -------------------------------------------------------
     def minimise(self, scale):
@@ -198,11 +213,39 @@ class MacroCycleRefinement:
         if self.reporter is not None:
             self.reporter.begin_step(label, self.iterations)
         try:
-            self.minimise(scale)
+            if self.local_iterations:
+                self._minimise_on_local_models(scale)
+            else:
+                self.minimise(scale)
         finally:
             if self.reporter is not None:
                 self.reporter.end_step()
             self.iterations = self.params.max_iterations
+
+    def _minimise_on_local_models(self, scale):
+        """The minimisation's iterations in runs of `local_iterations`, each
+        on the QM energy expanded about a fresh QM gradient (qm_expansion.py):
+        one QM gradient per run instead of one or more per iteration."""
+        grm = self.model.get_restraints_manager().geometry
+        total = self.iterations
+        try:
+            for done in range(0, total, self.local_iterations):
+                grm.expand_at(self.model.get_sites_cart())
+                ok, why = grm.expansion_available()
+                if not ok:
+                    print("  %s: a QM gradient at every L-BFGS step from here on" % why,
+                          file=self.log)
+                    self.local_iterations = 0
+                    if self.reporter is not None:
+                        self.reporter.calls_per_iteration_guess = \
+                            progress.CALLS_PER_ITERATION
+                    self.iterations = total - done
+                    self.minimise(scale)
+                    return
+                self.iterations = min(self.local_iterations, total - done)
+                self.minimise(scale)
+        finally:
+            grm.end_expansion()
 
     def plan(self, result, n_cycles):
         """For the cost reporter: progress.Plan of the minimisations still to
@@ -365,6 +408,8 @@ class MacroCycleRefinement:
             self.limits.max_clashscore = result.start.clashscore
         n_cycles = p.macro_cycles if self.uses_data or p.macro_cycles else 1
         if self.reporter is not None:
+            if self.local_iterations:
+                self.reporter.calls_per_iteration_guess = 1.0 / self.local_iterations
             self.reporter.plan(self.plan(result, n_cycles))
         for cycle in range(len(result.cycles) + 1, n_cycles + 1):
             label = "cycle %d of %d" % (cycle, n_cycles)

@@ -109,6 +109,9 @@ class CostReporter:
         self.clock = clock or time.perf_counter
         self.t0 = self.clock() if t0 is None else t0   # the run's start
         self.overhead_guess = float(overhead_per_step)
+        #: gradients per iteration before a step is measured (the driver sets
+        #: 1/k when k L-BFGS steps share one QM gradient)
+        self.calls_per_iteration_guess = CALLS_PER_ITERATION
         self.planned = Plan()         # the minimisations still to come
         self.step_label = None
         self.step_iterations = 0
@@ -229,7 +232,7 @@ class CostReporter:
 
     def calls_per_iteration(self):
         if self.iterations_done == 0:
-            return CALLS_PER_ITERATION
+            return self.calls_per_iteration_guess
         return self.finished_step_calls / float(self.iterations_done)
 
     def overhead_per_step(self):
