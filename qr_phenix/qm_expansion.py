@@ -27,8 +27,8 @@ exact minimisation reached 0.064.
 The restraints manager builds the force field for what its QM term
 computes (QMRestraintsManager.expand_at): the same atoms with the same
 charge and implicit solvent, or the same fragments on the same workers.
-On the helix at a fixed weight, 10 steps per QM gradient refined with 31
-QM gradients to R-free 0.0567 where one gradient per step took 298 to
+On the helix at a fixed weight, 10 steps per QM gradient refined with 28
+QM gradients to R-free 0.0595 where one gradient per step took 298 to
 reach 0.0611 (docs/refinement.md).
 """
 
@@ -38,8 +38,10 @@ import numpy as np
 
 #: Where the force field has no curvature for an atom (no bond to it in its
 #: topology) the local model is linear there and a minimiser would run off
-#: along the QM force: on prepared 1va7 (GFN-FF on fragments) an H left its
-#: residue within one minimisation.  A harmonic wall on each atom's move
+#: along the QM force.  On prepared 1va7 (GFN-FF on fragments) a run without
+#: this wall stopped in its third QM cycle: atoms had moved so far that the
+#: fragments, rebuilt, bonded across a new contact and one had an odd number
+#: of electrons.  A harmonic wall on each atom's move
 #: beyond TRUST_RADIUS from the expansion point stops that; it is zero at
 #: the point itself, so the end point is still QM's.
 TRUST_RADIUS = 0.3                # A
