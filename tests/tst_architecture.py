@@ -26,8 +26,10 @@ LAYERS = [
                "qr_phenix.chemistry", "qr_phenix.chemical_groups", "qr_phenix.qm_region"]),
     # quantum engines (ASE calculators), their registry and settings
     ("engines", ["qr_phenix.engines"]),
-    # QM restraints for cctbx, whole model, selection or fragments
-    ("restraints", ["qr_phenix.restraints_manager", "qr_phenix.fragmentation"]),
+    # QM restraints for cctbx, whole model, selection or fragments, and the
+    # local model of the QM energy between QM gradients
+    ("restraints", ["qr_phenix.restraints_manager", "qr_phenix.fragmentation",
+                    "qr_phenix.qm_expansion"]),
     # the macro-cycle refinement: targets, weights, B, the model handed back
     ("refinement", ["qr_phenix.refinement"]),
     # model preparation (hydrogens, missing atoms) and validation
