@@ -64,16 +64,11 @@ class LocalQMModel:
     def __init__(self, shape):
         self.shape = shape
         self.point = None
-        self.n_shape_calls = 0
-
-    def _shape(self, sites):
-        self.n_shape_calls += 1
-        return self.shape.energy_and_gradient(sites)
 
     def expand_at(self, sites, energy, gradient):
         """Make (sites, QM energy, QM gradient) the expansion point."""
         sites = np.array(sites, dtype=float).reshape(-1, 3)
-        shape_energy, shape_gradient = self._shape(sites)
+        shape_energy, shape_gradient = self.shape.energy_and_gradient(sites)
         self.point = ExpansionPoint(sites, float(energy), np.array(gradient, dtype=float),
                                     float(shape_energy), np.array(shape_gradient, dtype=float))
 
@@ -81,7 +76,7 @@ class LocalQMModel:
         p = self.point
         sites = np.array(sites, dtype=float).reshape(-1, 3)
         d = sites - p.sites
-        shape_energy, shape_gradient = self._shape(sites)
+        shape_energy, shape_gradient = self.shape.energy_and_gradient(sites)
         energy = (p.energy + float(np.vdot(p.gradient, d))
                   + shape_energy - p.shape_energy - float(np.vdot(p.shape_gradient, d)))
         gradient = p.gradient + shape_gradient - p.shape_gradient

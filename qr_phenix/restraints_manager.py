@@ -94,7 +94,6 @@ SHAPE_ENGINE = "gfnff"
 # so a steep wall there changes no physical geometry; below CONTACT_FLOOR the
 # engine is not called at all and the wall alone answers, so the line search
 # backs off instead of the run stopping.
-
 CONTACT_WALL = 0.75            # A
 CONTACT_FLOOR = 0.5            # A
 WALL_FORCE_CONSTANT = 2000.0   # kcal/mol/A^2
@@ -453,11 +452,11 @@ class QMRestraintsManager:
         local model about it (qm_expansion.py) until `end_expansion`."""
         self._local_active = False
         energy, gradient = self.qm_energy_and_gradient(sites_cart)
+        if self.shape_error is not None:
+            return
         # the contact wall is added to the local model's answers, not expanded
         sites = np.array(sites_cart, dtype=float).reshape(-1, 3)
         wall, wall_gradient, _ = contact_wall(sites, self.region_atoms)
-        if self.shape_error is not None:
-            return
         try:
             if self.local_model is None:
                 self.local_model = LocalQMModel(self.shape_factory())
