@@ -452,19 +452,25 @@ def test_cost_reporter_estimate_and_progress_lines():
     """The estimate waits for the fifth gradient and takes the time per
     gradient from the third on (the first is from scratch, the second a
     restart at the same geometry); it is (gradients planned) x (time per
-    gradient) + steps x (overhead) for the expected path, with the earliest
-    stop (no extra trial) and every step as its ends; progress lines appear
-    only after the interval; fragment lines only while one gradient outlasts it."""
+    gradient) + iterations x (time per iteration outside the engine) +
+    cycles x (time per cycle outside the minimisations) for the expected
+    path, with the earliest stop (no extra trial) and every step as its
+    ends; both overheads are measured once a step and a cycle have ended;
+    progress lines appear only after the interval; fragment lines only while
+    one gradient outlasts it."""
     import io
     from qr_phenix.refinement.progress import CostReporter, Plan, PlannedStep
     now = {"t": 0.0}
     log = io.StringIO()
-    rep = CostReporter(log, interval=60.0, overhead_per_step=2.0, clock=lambda: now["t"])
+    rep = CostReporter(log, interval=60.0, overhead_per_iteration=0.1, overhead_per_cycle=3.0,
+                       clock=lambda: now["t"])
     # may stop after cycle 2 (stale rule), expected to, with its one extra trial
     rep.plan(Plan([PlannedStep("trial 1", 10, 1), PlannedStep("trial 2", 10, 1, optional=True),
                    PlannedStep("cycle 2 of 3", 20, 2), PlannedStep("cycle 3 of 3", 20, 3)],
                   earliest_stop=2, expected_stop=2, expected_extra_trials=1))
     rep.engine_call(8.0)               # the start model, cold
+    now["t"] = 9.0
+    rep.begin_cycle(1)
     now["t"] = 10.0
     rep.begin_step("trial 1", 10)
     for t, seconds in ((14.0, 2.0), (20.0, 6.0), (22.0, 5.0)):
@@ -474,10 +480,13 @@ def test_cost_reporter_estimate_and_progress_lines():
     now["t"] = 25.0
     rep.engine_call(7.0)
     # 1.1 gradients per iteration before any step is measured: 11 - 4 more in
-    # this step, 11 per trial, 22 per cycle, at 6 s (mean of 6, 5, 7), + 2 s a step
-    earliest = 25.0 + (7 + 22) * 6.0 + 2 * 2.0
-    expected = 25.0 + (7 + 11 + 22) * 6.0 + 3 * 2.0
-    every = 25.0 + (7 + 11 + 22 + 22) * 6.0 + 4 * 2.0
+    # this step, 11 per trial, 22 per cycle, at 6 s (mean of 6, 5, 7); 0.1 s
+    # per iteration outside the engine (the step under way has spent none:
+    # its engine time exceeds its wall time here); 3 s per cycle, of which
+    # cycle 1 has spent 1 s (9-10 s) outside its minimisations
+    earliest = 25.0 + (7 + 22) * 6.0 + (10 + 20) * 0.1 + (2.0 + 3.0)
+    expected = 25.0 + (7 + 11 + 22) * 6.0 + (10 + 10 + 20) * 0.1 + (2.0 + 3.0)
+    every = 25.0 + (7 + 11 + 22 + 22) * 6.0 + (10 + 10 + 20 + 20) * 0.1 + (2.0 + 2 * 3.0)
     assert rep.earliest_estimate == pytest.approx(earliest)
     assert rep.estimates[-1][1] == pytest.approx(expected)
     assert rep.all_cycles_estimate == pytest.approx(every)
@@ -507,6 +516,12 @@ def test_cost_reporter_estimate_and_progress_lines():
     assert rep.planned.expected_extra_trials == 0
     assert [s.label for s in rep.planned.steps] == ["cycle 2 of 3", "cycle 3 of 3"]
     rep.end_step()
+    now["t"] = 160.0
+    rep.end_cycle()
+    # trial 1: 140 s wall, 94 s in the engine; trial 2 took no time; cycle 1:
+    # 151 s, of which 140 s in its minimisations
+    assert rep.overhead_per_iteration() == pytest.approx((140.0 - 94.0) / 20)
+    assert rep.overhead_per_cycle() == pytest.approx(11.0)
     rep.plan(Plan([PlannedStep("cycle 1 weight trial 4", 10, 1, optional=True),
                    PlannedStep("cycle 2 of 2", 20, 2)]))
     rep.drop_steps("cycle 1 weight trial ")      # the search ended early

@@ -203,8 +203,9 @@ Outputs <prefix>.pdb, .cif, .log, .json; a checkpoint after every macro-cycle
                   file=log)
         self.reporter = None
 
-        def reporter(overhead_per_step=0.0):
-            self.reporter = CostReporter(log, overhead_per_step=overhead_per_step, t0=t_start)
+        def reporter(overhead_per_iteration=0.0, overhead_per_cycle=0.0):
+            self.reporter = CostReporter(log, overhead_per_iteration=overhead_per_iteration,
+                                         overhead_per_cycle=overhead_per_cycle, t0=t_start)
             return self.reporter
         if staged:
             self._set_fingerprint(model)

@@ -120,6 +120,10 @@ class MacroCycleRefinement:
         self.stale_cycles = STALE_CYCLES
         self.r_free_ceiling = None   # see best_model.choose; the QM stage sets it
         self.reporter = None     # progress.CostReporter, told each minimisation
+        # time and iterations spent in minimisations: the QM stage's cost
+        # estimate takes the rest of the library stage's time as time per cycle
+        self.minimisation_seconds = 0.0
+        self.minimisation_iterations = 0
 
     def _local_iterations(self):
         """L-BFGS iterations per QM gradient on the local model of the QM
@@ -212,12 +216,15 @@ class MacroCycleRefinement:
         self.iterations = iterations or self.params.max_iterations
         if self.reporter is not None:
             self.reporter.begin_step(label, self.iterations)
+        self.minimisation_iterations += self.iterations
+        t0 = time.perf_counter()
         try:
             if self.local_iterations:
                 self._minimise_on_local_models(scale)
             else:
                 self.minimise(scale)
         finally:
+            self.minimisation_seconds += time.perf_counter() - t0
             if self.reporter is not None:
                 self.reporter.end_step()
             self.iterations = self.params.max_iterations
@@ -414,6 +421,8 @@ class MacroCycleRefinement:
         for cycle in range(len(result.cycles) + 1, n_cycles + 1):
             label = "cycle %d of %d" % (cycle, n_cycles)
             t0 = time.perf_counter()
+            if self.reporter is not None:
+                self.reporter.begin_cycle(cycle)
             calls0, seconds0 = stats_mod.engine_counters(self.model)
             previous_sites = np.array(self.get_sites())
             if cycle == 1:
@@ -462,6 +471,7 @@ class MacroCycleRefinement:
             result.cycles.append(s)
             self._keep_best(result)
             if self.reporter is not None:    # the stops move with the best model
+                self.reporter.end_cycle()
                 self.reporter.plan(self.plan(result, n_cycles))
             if over_fitted and self._best[0] != cycle:
                 # going on from an over-fitted model spends the next cycle undoing

@@ -188,10 +188,6 @@ class StagedRefinement:
         print("\n=== Library stage: library restraints until converged, then QM ===",
               file=self.log)
         library_seconds = self._library_stage(fixed_scale)
-        # the library stage's time per minimisation: the QM stage's time outside
-        # the engine per step (data target, B, validation) until one is measured
-        minimisations = len(self.library_result.trials) + sum(
-            1 for c in self.library_result.cycles if "trials" not in c.note)
         print("\n=== QM stage: up to %d macro-cycles from the library stage's model"
               " (stops when %d bring %s) ==="
               % (self.params.qm_macro_cycles, QM_STALE_CYCLES, self.library.no_progress()),
@@ -205,8 +201,14 @@ class StagedRefinement:
             self.library_result.start.r_free, self.library_result.final.r_free,
             self.quantum.limits)
         if self.reporter_factory is not None:
+            # the library stage's time per iteration and per cycle outside the
+            # minimisations: the QM stage's time outside the QM engine (data
+            # target, B, validation) until its own is measured
+            lib = self.library
             self.quantum.reporter = self.reporter_factory(
-                library_seconds / max(1, minimisations))
+                lib.minimisation_seconds / max(1, lib.minimisation_iterations),
+                max(0.0, library_seconds - lib.minimisation_seconds)
+                / max(1, len(self.library_result.cycles)))
         self.qm_result = self.quantum.run(fixed_scale=fixed_scale)
         return self.combined()
 
