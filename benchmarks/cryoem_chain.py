@@ -1,7 +1,7 @@
 """QM real-space refinement of one protein chain against a cryo-EM-like map.
 
     .venv/bin/python benchmarks/cryoem_chain.py [--out DIR] [--entry 3kyi --chain B]
-        [--resolution 3.5] [--sigma 0.2] [--nproc 2]
+        [--resolution 3.5] [--sigma 0.2] [--nproc 2] [--qm-args KEY=VALUE ...]
 
 The chain (all H, from qr.prepare of the entry in ../shared/data/entries) is
 put in a P1 box with 6 A margins; a map is computed from it at the given
@@ -91,6 +91,8 @@ def main(argv):
     ap.add_argument("--resolution", type=float, default=3.5)
     ap.add_argument("--sigma", type=float, default=0.2)
     ap.add_argument("--nproc", type=int, default=2)
+    ap.add_argument("--qm-args", nargs="*", default=[],
+                    help="extra qr.refine arguments for the GFN2 run")
     args = ap.parse_args(argv)
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -106,7 +108,7 @@ def main(argv):
     print("|---|---|---|---|---|---|---|---|")
     for tag, extra in (("cctbx", ["qm_restraints.restraints=cctbx"]),
                        ("gfn2", ["qm_restraints.restraints=qm", "qm_restraints.engine=gfn2",
-                                 "parallel.nproc=%d" % args.nproc])):
+                                 "parallel.nproc=%d" % args.nproc] + args.qm_args)):
         r = refine(start, map_path, args.resolution, out, tag, extra)
         if r is None:
             print("| %s | failed (see chain_%s.out) |" % (tag, tag))
