@@ -151,3 +151,25 @@ def test_steps_on_the_local_model_refine_as_well_with_fewer_qm_gradients(tmp_pat
     assert local["final"]["r_free"] < exact["final"]["r_free"] + 0.005
     # the QM energy of the model handed back: the local model's steps end on QM
     assert local["final"]["restraint_energy"] < exact["final"]["restraint_energy"] + 2
+
+
+@pytest.mark.parametrize("engine", ["gfn2", "pm7"])
+def test_local_models_warn_for_engines_gfnff_was_not_measured_to_fit(tmp_path, helix_pdb,
+                                                                     helix_mtz, engine):
+    """GFN-FF's curvature fits GFN2's; with PM7 the 1us0 study's weight trials
+    broke the bond limit at every weight, so the log warns (and goes on)."""
+    needs_gfnff()
+    ok, why = get_engine(engine).available(EngineSettings(name=engine))
+    if not ok:
+        pytest.skip("engine %s not available: %s" % (engine, why))
+    r = run_checked(Program, [
+        helix_pdb, helix_mtz, "qm_restraints.restraints=qm", "qm_restraints.engine=%s" % engine,
+        "qm_restraints.engine_options.solvent=None", "refinement.bulk_solvent=False",
+        "refinement.adp=none", "refinement.validation=off", "refinement.weight=0.25",
+        "refinement.macro_cycles=1", "refinement.max_iterations=4",
+        "refinement.qm_local_iterations=2", "output.prefix=%s" % (tmp_path / engine)],
+        logger=null_out())
+    log = open(r["outputs"]["log"]).read()
+    warned = "Warning: refinement.qm_local_iterations=2 with engine %s" % engine in log
+    assert warned == (engine == "pm7")
+    assert r["engine"]["calls"] <= 4      # 2 local models of 2 steps each (+ the start)

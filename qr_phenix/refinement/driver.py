@@ -35,6 +35,11 @@ ANNEAL_QM_BOND_FACTOR = 2.0     # QM anneals only from trials with bonds within 
 MAX_EXTRA_TRIALS = 6       # weight search toward stronger restraints: down to scale/64...
 GAP_STEP_MIN = 0.002       # ...while halving the scale shrinks R-free - R-work by this
 STALE_CYCLES = 4           # stop after this many cycles without progress (_last_progress)
+#: engines whose curvature GFN-FF's was measured to match (GFN2/GFN-FF
+#: 0.94-1.01 along random, gradient, H-only and heavy-only moves; xtb is the
+#: xtb program's GFN2), so qm_expansion's local models serve them; with PM7
+#: the 1us0 study's weight trials broke the bond limit at every weight
+LOCAL_MODEL_ENGINES = ("gfn2", "xtb", "gfnff")
 # The weight chosen by trials from a far-off start is often too cautious later:
 # the start's transient distortions make every strong data weight look
 # over-fitted.  As the original Q|R did, the data weight is doubled when a
@@ -137,6 +142,12 @@ class MacroCycleRefinement:
             print("  QM gradient at every L-BFGS step (refinement.qm_local_iterations=%d"
                   " needs GFN-FF: %s)" % (wanted, why), file=self.log)
             return 0
+        engine = getattr(grm, "engine_name", None)
+        if engine not in LOCAL_MODEL_ENGINES:
+            print("  Warning: refinement.qm_local_iterations=%d with engine %s: GFN-FF's"
+                  " curvature was measured to fit GFN2's, not PM7's (1us0 study: every PM7"
+                  " weight trial over the bond limit); 0 takes a QM gradient at every step"
+                  % (wanted, engine), file=self.log)
         return wanted
 
     # -- to implement -------------------------------------------------------

@@ -76,9 +76,10 @@ qm_local_iterations = 0
            point plus GFN-FF's curvature (xtb program; \
            qr_phenix/qm_expansion.py), and the next QM gradient is taken where \
            those steps end. 0 (default): a QM gradient at every step. 10 took \
-           ~10x fewer QM gradients (1va7 fast path: 15 instead of 144) at the \
-           same QM end point; 1va7's QM cycle 1 R-free 0.2701 against 0.2680 \
-           exact, clashscore 1.5 against 2.8 (docs/refinement.md)"
+           ~10x fewer QM gradients on the fast path (1va7 15, 3kyi 15) with \
+           R-free within 0.002 of exact QM and fewer clashes; for GFN2/GFN1 \
+           near the answer only: in the 1us0 study PM7 and 1.5 A starts \
+           failed (docs/refinement.md)"
 qm_extra_trials = 3
   .type = int
   .help = "QM stage: at most this many trials toward stronger restraints \
