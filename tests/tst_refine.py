@@ -528,6 +528,29 @@ def test_cost_reporter_estimate_and_progress_lines():
     assert [s.label for s in rep.planned.steps] == ["cycle 2 of 2"]
 
 
+def test_cost_reporter_counts_one_gradient_per_local_model():
+    """With k L-BFGS steps per QM gradient a minimisation of n iterations takes
+    ceil(n/k) gradients (3kyi, k=10: 1 per 10-iteration trial, 3-4 per
+    25-iteration cycle; a ratio per iteration from the trials said 2.5), scaled
+    by what the finished steps took against that count."""
+    import io
+    from qr_phenix.refinement.progress import CostReporter, Plan, PlannedStep
+    now = {"t": 0.0}
+    rep = CostReporter(io.StringIO(), clock=lambda: now["t"])
+    rep.local_iterations = 10
+    rep.plan(Plan([PlannedStep("cycle 2 of 3", 25, 2), PlannedStep("cycle 3 of 3", 25, 3)]))
+    assert rep.remaining_gradients() == pytest.approx(6)
+    rep.begin_step("trial 1", 10)
+    rep.engine_call(1.0)
+    rep.end_step()
+    assert rep.remaining_gradients() == pytest.approx(6)
+    rep.begin_step("trial 2", 10)
+    rep.engine_call(1.0)
+    rep.engine_call(1.0)      # a second gradient (the force field failed, say)
+    rep.end_step()
+    assert rep.remaining_gradients() == pytest.approx(6 * 1.5)
+
+
 def test_durations_keep_the_digits_that_tell_helix_gradients_apart():
     from qr_phenix.refinement.progress import minutes
     # a 94-atom helix gradient takes 0.1-0.3 s: "0 s" told the user nothing

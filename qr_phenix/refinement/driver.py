@@ -255,8 +255,7 @@ class MacroCycleRefinement:
                           file=self.log)
                     self.local_iterations = 0
                     if self.reporter is not None:
-                        self.reporter.calls_per_iteration_guess = \
-                            progress.CALLS_PER_ITERATION
+                        self.reporter.local_iterations = 0
                     self.iterations = total - done
                     self.minimise(scale)
                     return
@@ -426,8 +425,7 @@ class MacroCycleRefinement:
             self.limits.max_clashscore = result.start.clashscore
         n_cycles = p.macro_cycles if self.uses_data or p.macro_cycles else 1
         if self.reporter is not None:
-            if self.local_iterations:
-                self.reporter.calls_per_iteration_guess = 1.0 / self.local_iterations
+            self.reporter.local_iterations = self.local_iterations
             self.reporter.plan(self.plan(result, n_cycles))
         for cycle in range(len(result.cycles) + 1, n_cycles + 1):
             label = "cycle %d of %d" % (cycle, n_cycles)

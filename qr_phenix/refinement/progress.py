@@ -24,7 +24,8 @@ B refinement, validation and the R factors.  With 10 L-BFGS steps per QM
 gradient the last two are most of the time (1va7: 80 of 200 s per cycle in
 the engine), so leaving the third out made the estimate 32 % short.  All
 three are measured as the run goes; before the first finished step and
-cycle they are taken as `calls_per_iteration_guess` and the caller's
+cycle they are taken as `calls_per_iteration_guess` (with local models of
+the QM energy: one gradient per `local_iterations` steps) and the caller's
 `overhead_per_iteration` and `overhead_per_cycle` (the library stage's,
 when there was one).  What is not known in advance is how
 many weight trials and macro-cycles run: extra trials toward stronger
@@ -115,9 +116,13 @@ class CostReporter:
         self.t0 = self.clock() if t0 is None else t0   # the run's start
         self.iteration_overhead_guess = float(overhead_per_iteration)
         self.cycle_overhead_guess = float(overhead_per_cycle)
-        #: gradients per iteration before a step is measured (the driver sets
-        #: 1/k when k L-BFGS steps share one QM gradient)
+        #: gradients per iteration before a step is measured
         self.calls_per_iteration_guess = CALLS_PER_ITERATION
+        #: k when k L-BFGS steps share one QM gradient (qm_expansion.py; set by
+        #: the driver): a minimisation of n iterations then takes ceil(n/k)
+        #: (3kyi: 1 per 10-iteration trial, 3-4 per 25-iteration cycle)
+        self.local_iterations = 0
+        self.finished_step_iterations = []
         self.planned = Plan()         # the minimisations still to come
         self.step_label = None
         self.step_iterations = 0
@@ -183,6 +188,7 @@ class CostReporter:
         self.step_overheads.append((max(0.0, wall - self.step_engine), self.step_iterations))
         self.cycle_step_wall += wall
         self.iterations_done += self.step_iterations
+        self.finished_step_iterations.append(self.step_iterations)
         self.finished_step_calls += self.step_calls
         self.step_calls = 0
         self.step_t0 = None
@@ -279,11 +285,20 @@ class CostReporter:
             return p.steps_to(p.expected_stop, p.expected_extra_trials)
         return p.steps
 
+    def gradients_for(self, iterations):
+        """QM gradients a minimisation of `iterations` is expected to take."""
+        k = self.local_iterations
+        if not k:
+            return iterations * self.calls_per_iteration()
+        expansions = sum(-(-n // k) for n in self.finished_step_iterations)
+        per_expansion = self.finished_step_calls / float(expansions) if expansions else 1.0
+        return -(-iterations // k) * per_expansion
+
     def remaining_gradients(self, which="all"):
-        per = self.calls_per_iteration()
-        current = max(0.0, self.step_iterations * per - self.step_calls) \
+        current = max(0.0, self.gradients_for(self.step_iterations) - self.step_calls) \
             if self.step_t0 is not None else 0.0
-        return current + sum(step.iterations * per for step in self._steps_to_come(which))
+        return current + sum(self.gradients_for(step.iterations)
+                             for step in self._steps_to_come(which))
 
     def _time_left(self, which):
         now = self.clock()
