@@ -145,8 +145,8 @@ class MacroCycleRefinement:
         engine = getattr(grm, "engine_name", None)
         if engine not in LOCAL_MODEL_ENGINES:
             print("  Warning: refinement.qm_local_iterations=%d with engine %s: GFN-FF's"
-                  " curvature was measured to fit GFN2's, not PM7's (1us0 study: every PM7"
-                  " weight trial over the bond limit); 0 takes a QM gradient at every step"
+                  " curvature was measured to fit GFN2's only (with PM7 every weight trial of"
+                  " the 1us0 study broke the bond limit); 0 takes a QM gradient at every step"
                   % (wanted, engine), file=self.log)
         return wanted
 
