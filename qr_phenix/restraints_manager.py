@@ -81,7 +81,7 @@ from qr_phenix.engines.base import EngineSettings, energy_and_gradient
 from qr_phenix.engines.settings import (
     ENGINE_OPTIONS_PHIL, engine_phil_str, engine_settings_from_params)
 from qr_phenix.monomer_library import library_bond_pairs, library_bonds, library_manager
-from qr_phenix.qm_expansion import LocalQMModel
+from qr_phenix.qm_expansion import CURVATURE_SCALE, LocalQMModel
 from qr_phenix.qm_region import build_region, covalent_bonds, move_cuts_to_sp3_carbons
 
 #: the force field whose curvature shapes the steps between QM gradients
@@ -459,7 +459,8 @@ class QMRestraintsManager:
         wall, wall_gradient, _ = contact_wall(sites, self.region_atoms)
         try:
             if self.local_model is None:
-                self.local_model = LocalQMModel(self.shape_factory())
+                self.local_model = LocalQMModel(
+                    self.shape_factory(), CURVATURE_SCALE.get(self.engine_name, 1.0))
             self.local_model.expand_at(sites, energy - wall, gradient - wall_gradient)
         except Exception as e:
             self._shape_failed(e)

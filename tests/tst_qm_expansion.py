@@ -173,3 +173,50 @@ def test_local_models_warn_for_engines_gfnff_was_not_measured_to_fit(tmp_path, h
     warned = "Warning: refinement.qm_local_iterations=2 with engine %s" % engine in log
     assert warned == (engine == "pm7")
     assert r["engine"]["calls"] <= 4      # 2 local models of 2 steps each (+ the start)
+
+
+def test_scaled_curvature_makes_the_local_model_exact_for_a_stiffer_energy():
+    """Where QM's energy is k times as stiff as the force field about x0 (here
+    both quadratic), the local model with curvature scale k is QM itself,
+    within the trust radius; unscaled it is not (PM7 on the helix: ~1.4x
+    GFN-FF's curvature along its descent, qm_expansion.CURVATURE_SCALE)."""
+    from qr_phenix.qm_expansion import LocalQMModel
+
+    class Harmonic:
+        def __init__(self, k, centre):
+            self.k, self.centre = k, centre
+
+        def energy_and_gradient(self, sites):
+            d = sites - self.centre
+            return 0.5 * self.k * float(np.sum(d * d)), self.k * d
+
+    rng = np.random.default_rng(3)
+    x0 = rng.normal(0, 1, (5, 3))
+    qm = Harmonic(700.0, x0 + 0.05)            # the QM minimum elsewhere
+    ff = Harmonic(500.0, x0 - 0.02)            # a softer force field elsewhere
+    x = x0 + rng.normal(0, 0.05, x0.shape)
+    for k, exact in ((1.4, True), (1.0, False)):
+        local = LocalQMModel(ff, curvature_scale=k)
+        local.expand_at(x0, *qm.energy_and_gradient(x0))
+        e, g = local.energy_and_gradient(x)
+        e_qm, g_qm = qm.energy_and_gradient(x)
+        assert (abs(e - e_qm) < 1e-8 and np.abs(g - g_qm).max() < 1e-8) == exact
+        e0, g0 = local.energy_and_gradient(x0)       # QM's at the point, whatever k
+        assert e0 == pytest.approx(qm.energy_and_gradient(x0)[0])
+        assert np.abs(g0 - qm.energy_and_gradient(x0)[1]).max() < 1e-12
+
+
+def test_pm7_local_models_take_the_measured_curvature_scale():
+    from qr_phenix.qm_expansion import CURVATURE_SCALE
+    needs_gfnff()
+    ok, why = get_engine("pm7").available(EngineSettings(name="pm7"))
+    if not ok:
+        pytest.skip("engine pm7 not available: %s" % why)
+    model = process_model(str(PEPTIDE_H_PDB), grm_normalization=False)
+    params = rm.phil_scope.extract().qm_restraints
+    params.restraints, params.engine, params.engine_options.solvent = "qm", "pm7", None
+    rm.setup_restraints(model, params, log=null_out())
+    grm = model.get_restraints_manager().geometry
+    grm.expand_at(np.array(model.get_sites_cart()))
+    grm.end_expansion()
+    assert grm.local_model.curvature_scale == CURVATURE_SCALE["pm7"] == 1.4

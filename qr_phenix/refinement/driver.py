@@ -37,8 +37,8 @@ GAP_STEP_MIN = 0.002       # ...while halving the scale shrinks R-free - R-work 
 STALE_CYCLES = 4           # stop after this many cycles without progress (_last_progress)
 #: engines whose curvature GFN-FF's was measured to match (GFN2/GFN-FF
 #: 0.94-1.01 along random, gradient, H-only and heavy-only moves; xtb is the
-#: xtb program's GFN2), so qm_expansion's local models serve them; with PM7
-#: the 1us0 study's weight trials broke the bond limit at every weight
+#: xtb program's GFN2), so qm_expansion's local models serve them; PM7 needs
+#: the curvature scaled (qm_expansion.CURVATURE_SCALE) and still fell short
 LOCAL_MODEL_ENGINES = ("gfn2", "xtb", "gfnff")
 # The weight chosen by trials from a far-off start is often too cautious later:
 # the start's transient distortions make every strong data weight look
@@ -145,8 +145,8 @@ class MacroCycleRefinement:
         engine = getattr(grm, "engine_name", None)
         if engine not in LOCAL_MODEL_ENGINES:
             print("  Warning: refinement.qm_local_iterations=%d with engine %s: GFN-FF's"
-                  " curvature was measured to fit GFN2's only (with PM7 every weight trial of"
-                  " the 1us0 study broke the bond limit); 0 takes a QM gradient at every step"
+                  " curvature was measured to fit GFN2's only (PM7's when scaled x1.4, and far"
+                  " 1us0 starts still fell short); 0 takes a QM gradient at every step"
                   % (wanted, engine), file=self.log)
         return wanted
 
