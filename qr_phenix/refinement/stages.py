@@ -79,8 +79,8 @@ qm_local_iterations = 0
            ~10x fewer QM gradients on the fast path (1va7 15, 3kyi 15) with \
            R-free within 0.002 of exact QM and fewer clashes; for GFN2 near \
            the answer only: in the 1us0 study 1.5 A starts fell short, and \
-           PM7 refines only with GFN-FF's curvature scaled x1.4 \
-           (docs/refinement.md)"
+           PM7 needs GFN-FF's curvature scaled (done: x1.4) and still fell \
+           short on far starts (docs/refinement.md)"
 qm_extra_trials = 3
   .type = int
   .help = "QM stage: at most this many trials toward stronger restraints \
