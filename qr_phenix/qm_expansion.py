@@ -58,6 +58,10 @@ TRUST_FORCE_CONSTANT = 1000.0     # kcal/mol/A^2
 #: unscaled model put every weight trial over the bond limit; at x1.4, 6 of
 #: 12 starts reached R-free <= 0.15 against 1 of 12 (docs/benchmark_1us0.md).
 CURVATURE_SCALE = {"pm7": 1.4}
+#: engines whose curvature GFN-FF's was measured to match unscaled (GFN2/GFN-FF
+#: 0.94-1.01 along random, gradient, H-only and heavy-only moves; xtb is the
+#: xtb program's GFN2); refinement warns for the others
+MEASURED_ENGINES = ("gfn2", "xtb", "gfnff")
 
 
 @dataclass

@@ -17,10 +17,14 @@ from qr_phenix.programs.refine import Program
 from paths import PEPTIDE_H_PDB
 
 
-def needs_gfnff():
-    ok, why = get_engine("gfnff").available(EngineSettings(name="gfnff"))
+def needs_engine(name):
+    ok, why = get_engine(name).available(EngineSettings(name=name))
     if not ok:
-        pytest.skip("engine gfnff not available: %s" % why)
+        pytest.skip("engine %s not available: %s" % (name, why))
+
+
+def needs_gfnff():
+    needs_engine("gfnff")
 
 
 @pytest.fixture(scope="module")
@@ -159,9 +163,7 @@ def test_local_models_warn_for_engines_gfnff_was_not_measured_to_fit(tmp_path, h
     """GFN-FF's curvature fits GFN2's; with PM7 the 1us0 study's weight trials
     broke the bond limit at every weight, so the log warns (and goes on)."""
     needs_gfnff()
-    ok, why = get_engine(engine).available(EngineSettings(name=engine))
-    if not ok:
-        pytest.skip("engine %s not available: %s" % (engine, why))
+    needs_engine(engine)
     r = run_checked(Program, [
         helix_pdb, helix_mtz, "qm_restraints.restraints=qm", "qm_restraints.engine=%s" % engine,
         "qm_restraints.engine_options.solvent=None", "refinement.bulk_solvent=False",
@@ -209,9 +211,7 @@ def test_scaled_curvature_makes_the_local_model_exact_for_a_stiffer_energy():
 def test_pm7_local_models_take_the_measured_curvature_scale():
     from qr_phenix.qm_expansion import CURVATURE_SCALE
     needs_gfnff()
-    ok, why = get_engine("pm7").available(EngineSettings(name="pm7"))
-    if not ok:
-        pytest.skip("engine pm7 not available: %s" % why)
+    needs_engine("pm7")
     model = process_model(str(PEPTIDE_H_PDB), grm_normalization=False)
     params = rm.phil_scope.extract().qm_restraints
     params.restraints, params.engine, params.engine_options.solvent = "qm", "pm7", None

@@ -14,6 +14,7 @@ from typing import List, Optional
 import numpy as np
 import scitbx.lbfgs
 
+from qr_phenix import qm_expansion
 from qr_phenix.refinement import best_model
 from qr_phenix.refinement import progress
 from qr_phenix.refinement import statistics as stats_mod
@@ -35,11 +36,6 @@ ANNEAL_QM_BOND_FACTOR = 2.0     # QM anneals only from trials with bonds within 
 MAX_EXTRA_TRIALS = 6       # weight search toward stronger restraints: down to scale/64...
 GAP_STEP_MIN = 0.002       # ...while halving the scale shrinks R-free - R-work by this
 STALE_CYCLES = 4           # stop after this many cycles without progress (_last_progress)
-#: engines whose curvature GFN-FF's was measured to match (GFN2/GFN-FF
-#: 0.94-1.01 along random, gradient, H-only and heavy-only moves; xtb is the
-#: xtb program's GFN2), so qm_expansion's local models serve them; PM7 needs
-#: the curvature scaled (qm_expansion.CURVATURE_SCALE) and still fell short
-LOCAL_MODEL_ENGINES = ("gfn2", "xtb", "gfnff")
 # The weight chosen by trials from a far-off start is often too cautious later:
 # the start's transient distortions make every strong data weight look
 # over-fitted.  As the original Q|R did, the data weight is doubled when a
@@ -143,11 +139,11 @@ class MacroCycleRefinement:
                   " needs GFN-FF: %s)" % (wanted, why), file=self.log)
             return 0
         engine = getattr(grm, "engine_name", None)
-        if engine not in LOCAL_MODEL_ENGINES:
+        if engine not in qm_expansion.MEASURED_ENGINES:
             print("  Warning: refinement.qm_local_iterations=%d with engine %s: GFN-FF's"
-                  " curvature was measured to fit GFN2's only (PM7's when scaled x1.4, and far"
+                  " curvature was measured to fit GFN2's only (PM7's when scaled x%g, and far"
                   " 1us0 starts still fell short); 0 takes a QM gradient at every step"
-                  % (wanted, engine), file=self.log)
+                  % (wanted, engine, qm_expansion.CURVATURE_SCALE["pm7"]), file=self.log)
         return wanted
 
     # -- to implement -------------------------------------------------------

@@ -122,7 +122,6 @@ class CostReporter:
         #: the driver): a minimisation of n iterations then takes ceil(n/k)
         #: (3kyi: 1 per 10-iteration trial, 3-4 per 25-iteration cycle)
         self.local_iterations = 0
-        self.finished_step_iterations = []
         self.planned = Plan()         # the minimisations still to come
         self.step_label = None
         self.step_iterations = 0
@@ -188,7 +187,6 @@ class CostReporter:
         self.step_overheads.append((max(0.0, wall - self.step_engine), self.step_iterations))
         self.cycle_step_wall += wall
         self.iterations_done += self.step_iterations
-        self.finished_step_iterations.append(self.step_iterations)
         self.finished_step_calls += self.step_calls
         self.step_calls = 0
         self.step_t0 = None
@@ -290,7 +288,7 @@ class CostReporter:
         k = self.local_iterations
         if not k:
             return iterations * self.calls_per_iteration()
-        expansions = sum(-(-n // k) for n in self.finished_step_iterations)
+        expansions = sum(-(-n // k) for _, n in self.step_overheads)
         per_expansion = self.finished_step_calls / float(expansions) if expansions else 1.0
         return -(-iterations // k) * per_expansion
 
