@@ -45,9 +45,11 @@ refinement
     .type = int
   max_iterations = 25
     .type = int
-    .help = "L-BFGS iterations per minimisation (each weight trial, each cycle). \
-             50 reaches further from far-off starts (1.5 A helix starts, library: \
-             mean R-free 0.14 vs 0.16) at twice the engine calls"
+    .help = "L-BFGS iterations per minimisation (each weight trial, each cycle; \
+             cycles on local QM models take twice as many: \
+             refinement.qm_local_iterations). 50 reaches further from far-off \
+             starts (1.5 A helix starts, library: mean R-free 0.14 vs 0.16) at \
+             twice the engine calls"
   r_tolerance = 0.0005
     .type = float
     .help = "Converged when R-work, R-free (or map CC) change less than this..."
