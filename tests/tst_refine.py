@@ -315,6 +315,39 @@ def test_driver_doubles_data_weight_when_geometry_is_well_inside_limits(helix_pd
     assert result.safety_steps == driver.MAX_SAFETY_STEPS
 
 
+def test_restraints_x2_goes_on_past_the_safety_steps_while_geometry_comes_closer(helix_pdb):
+    """A model whose bonds each cycle move a fifth of the way back to ideal
+    (as when stronger restraints work): restraints x2 continues past
+    MAX_SAFETY_STEPS while the bonds come closer to the limit, up to
+    MAX_GEOMETRY_STEPS; geometry that does not move stops at MAX_SAFETY_STEPS
+    (test above)."""
+    import numpy as np
+    from scitbx.array_family import flex
+    from qr_phenix.monomer_library import process_model
+    from qr_phenix.refinement import driver
+    from qr_phenix.refinement.weights import Limits
+    model = process_model(helix_pdb)
+    ideal = np.array(model.get_sites_cart())
+    geometry = driver.stats_mod.HeavyAtomGeometry(model)
+    distorted = ideal + np.random.default_rng(0).normal(0, 0.05, ideal.shape)
+    model.set_sites_cart(flex.vec3_double(distorted))
+    bonds_start, _ = geometry(model.get_sites_cart())
+    refinement = _scripted_refinement(model, Limits(bond_rmsd=bonds_start / 4, angle_rmsd=90.0,
+                                                    gap=0.05))
+
+    def minimise(scale):
+        sites = np.array(refinement.model.get_sites_cart())
+        refinement.model.set_sites_cart(flex.vec3_double(ideal + 0.8 * (sites - ideal)))
+    refinement.minimise = minimise
+    result = refinement.run()
+    weights = [c.weight for c in result.cycles]
+    assert result.safety_steps == driver.MAX_GEOMETRY_STEPS > driver.MAX_SAFETY_STEPS
+    assert weights[:driver.MAX_GEOMETRY_STEPS + 2] == [
+        2.0 ** -k for k in range(driver.MAX_GEOMETRY_STEPS + 1)] + [2.0 ** -driver.MAX_GEOMETRY_STEPS]
+    bonds = [c.bond_rmsd for c in result.cycles]
+    assert all(b > bonds_start / 4 for b in bonds[:driver.MAX_GEOMETRY_STEPS])
+
+
 def test_data_weight_is_never_raised_back_to_a_weight_that_over_fitted(helix_pdb):
     """Geometry well inside the limits asks for data x2, but the weight that
     over-fitted once (gap over the limit at scale 2) is not tried again."""
