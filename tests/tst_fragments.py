@@ -129,6 +129,27 @@ def test_rebuild_after_displacement():
     assert ev.update_partition(moved) is False and ev.generation == 2
 
 
+def test_a_sibling_computes_on_its_leads_partition():
+    """The force field of a local QM model (sibling) keeps the QM evaluator's
+    fragments while atoms move beyond rebuild_displacement, and takes the new
+    ones when the QM evaluator rebuilds."""
+    h, cs, sites = _helix()
+    lead = FragmentEvaluator(h, EngineSettings(name="gfn2"), crystal_symmetry=cs,
+                             core_size=30, buffer_radius=3.0, rebuild_displacement=0.5)
+    sibling = lead.sibling(EngineSettings(name="gfnff"))
+    lead.update_partition(sites)
+    first = lead.partition
+    assert sibling.update_partition(sites) is True and sibling.partition is first
+    moved = sites.copy()
+    moved[0, 0] += 0.8
+    assert sibling.update_partition(moved) is False
+    assert sibling.partition is first
+    assert lead.update_partition(moved) is True
+    assert sibling.update_partition(moved) is True
+    assert sibling.partition is lead.partition is not first
+    assert sibling.generation == lead.generation
+
+
 @pytest.fixture(scope="module")
 def prepared_1us0():
     """1us0 prepared by qr_phenix.preparation (about 6.8k atoms, P21)."""

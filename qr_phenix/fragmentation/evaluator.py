@@ -66,6 +66,7 @@ class FragmentEvaluator:
         self.units = model_units(hierarchy, log=log, split_residues=split_residues)
         self.n_atoms = hierarchy.atoms_size()
         self.partition = None
+        self.lead = None      # sibling(): the evaluator whose partition this one uses
         # worker calculator caches are keyed by (evaluator, generation, fragment)
         import uuid
         self._id = uuid.uuid4().hex[:12]
@@ -84,10 +85,15 @@ class FragmentEvaluator:
     def sibling(self, settings: EngineSettings):
         """An evaluator of the same fragments with another engine (its own
         calculators, the same executor): the force field of
-        qr_phenix/qm_expansion.py sees what the QM engine sees."""
+        qr_phenix/qm_expansion.py sees what the QM engine sees.  It computes
+        on this evaluator's partition and never rebuilds its own: the local
+        model takes E_FF(x) - E_FF(x0) between QM gradients, which means
+        nothing across two partitions, and this evaluator is not called (and
+        keeps its partition) until the next QM gradient."""
         import copy
         import uuid
         other = copy.copy(self)
+        other.lead = self
         other.settings = settings
         other._id = uuid.uuid4().hex[:12]
         other.n_evaluations = 0
@@ -100,6 +106,16 @@ class FragmentEvaluator:
 
     def update_partition(self, sites, force=False):
         sites = np.asarray(sites, dtype=float).reshape(-1, 3)
+        if self.lead is not None:
+            # 3kyi, local QM models: GFN-FF rebuilt its fragments in the middle
+            # of a local model (an atom 1 A from its partition's sites; charged
+            # fragments 66 -> 65) and the steps on it stretched NEP A 51's P-O1P
+            # bond from 1.50 to 2.08 A
+            if self.lead.partition is None:
+                self.lead.update_partition(sites)
+            rebuilt = self.partition is not self.lead.partition
+            self.partition, self.generation = self.lead.partition, self.lead.generation
+            return rebuilt
         if not force and self.partition is not None and \
                 self.partition.max_displacement(sites) <= self.rebuild_displacement:
             return False
