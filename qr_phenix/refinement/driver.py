@@ -34,9 +34,9 @@ MAX_SAFETY_STEPS = 2
 # Past MAX_SAFETY_STEPS restraints x2 goes on, up to this many steps in all,
 # while it works: bonds or angles still over the limit but closer to it than
 # the cycle before.  Without this, 11 of 100 QM refinements of the 1us0 study
-# (local QM models) ended with cycles at R-free 0.06-0.14, angles 4.0-5.7 deg
-# against the limit 4.0 and the safety steps spent, and handed back a cycle-1
-# model at R-free 0.28-0.56.
+# (local QM models) reached cycles at R-free 0.06-0.14 with angles 4.0-5.7
+# deg against the limit 4.0 and the safety steps spent, and handed back a
+# model 0.05-0.43 worse (cycle 1 or the start).
 MAX_GEOMETRY_STEPS = 5
 ANNEAL_MIN_R_FREE_GAIN = 0.02   # anneal=auto: trial R-free this much below the chosen one
 ANNEAL_QM_BOND_FACTOR = 2.0     # QM anneals only from trials with bonds within this x limit

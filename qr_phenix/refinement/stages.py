@@ -75,12 +75,11 @@ qm_local_iterations = 0
            minimiser steps on the QM energy to first order about the last QM \
            point plus GFN-FF's curvature (xtb program; \
            qr_phenix/qm_expansion.py), and the next QM gradient is taken where \
-           those steps end. 0 (default): a QM gradient at every step. 10 took \
-           ~10x fewer QM gradients on the fast path (1va7 15, 3kyi 15) with \
-           R-free within 0.002 of exact QM and fewer clashes; for GFN2 near \
-           the answer only: in the 1us0 study 1.5 A starts fell short, and \
-           PM7 needs GFN-FF's curvature scaled (done: x1.4) and still fell \
-           short on far starts (docs/refinement.md)"
+           those steps end; macro-cycles then run 2 x max_iterations. 0 \
+           (default): a QM gradient at every step. 10 took 7-11x fewer QM \
+           gradients on the fast path (1va7 15, 3kyi 15-23) with R-free \
+           0.002-0.003 above exact QM; in the 1us0 study far starts fall \
+           short of exact QM more often (docs/refinement.md)"
 qm_extra_trials = 3
   .type = int
   .help = "QM stage: at most this many trials toward stronger restraints \
