@@ -50,7 +50,7 @@ STALE_CYCLES = 4           # stop after this many cycles without progress (_last
 RAISE_BELOW_FRACTION = 0.6
 MAX_RAISE_STEPS = 3
 # On local QM models (qm_local_iterations) an L-BFGS step gains about half
-# what an exact one does: the model's gradient is 20-60 % off QM's where a
+# what an exact one does: the model's gradient is 35-114 % off QM's where a
 # 10-step run ends.  1us0 helix start d1.5_m00, weight 0.25, 10 cycles:
 # R-work 0.057 exact (327 QM gradients), 0.193 on local models at 25
 # iterations a cycle (31), 0.052 at 50 (47).  Local-model cycles therefore
