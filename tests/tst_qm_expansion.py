@@ -23,14 +23,10 @@ def needs_engine(name):
         pytest.skip("engine %s not available: %s" % (name, why))
 
 
-def needs_gfnff():
-    needs_engine("gfnff")
-
-
 @pytest.fixture(scope="module")
 def peptide():
     """AVKVA (77 atoms, charge +1), GFN2 in vacuum over the whole model."""
-    needs_gfnff()
+    needs_engine("gfnff")
     model = process_model(str(PEPTIDE_H_PDB), grm_normalization=False)
     params = rm.phil_scope.extract().qm_restraints
     params.restraints, params.engine, params.engine_options.solvent = "qm", "gfn2", None
@@ -141,7 +137,7 @@ def test_steps_on_the_local_model_refine_as_well_with_fewer_qm_gradients(tmp_pat
     gradients with one per step, R-free 0.0611, QM energy -34.5 kcal/mol;
     28 with 10 steps per gradient (converged after cycle 9), 0.0595, -35.8;
     9 of 9 helix H-bonds either way."""
-    needs_gfnff()
+    needs_engine("gfnff")
     from qr_phenix.benchmark.perturb import Perturber
     text, _ = Perturber(helix_pdb).run(0.6, 1)
     start = tmp_path / "start.pdb"
@@ -162,7 +158,7 @@ def test_local_models_warn_for_engines_gfnff_was_not_measured_to_fit(tmp_path, h
                                                                      helix_mtz, engine):
     """GFN-FF's curvature fits GFN2's; with PM7 the 1us0 study's weight trials
     broke the bond limit at every weight, so the log warns (and goes on)."""
-    needs_gfnff()
+    needs_engine("gfnff")
     needs_engine(engine)
     r = run_checked(Program, [
         helix_pdb, helix_mtz, "qm_restraints.restraints=qm", "qm_restraints.engine=%s" % engine,
@@ -213,7 +209,7 @@ def test_scaled_curvature_makes_the_local_model_exact_for_a_stiffer_energy():
 
 def test_pm7_local_models_take_the_measured_curvature_scale():
     from qr_phenix.qm_expansion import CURVATURE_SCALE
-    needs_gfnff()
+    needs_engine("gfnff")
     needs_engine("pm7")
     model = process_model(str(PEPTIDE_H_PDB), grm_normalization=False)
     params = rm.phil_scope.extract().qm_restraints

@@ -127,6 +127,11 @@ class MacroCycleRefinement:
         self.geometry = stats_mod.HeavyAtomGeometry(model)
         self._reference_ratio = self.checkpoint_state.get("reference_ratio")
         self.local_iterations = self._local_iterations()
+        if self.local_iterations:
+            print("  Local QM models: a QM gradient every %d L-BFGS steps; macro-cycles of %d"
+                  " iterations (%d x max_iterations)" % (
+                      self.local_iterations, self.cycle_iterations, LOCAL_CYCLE_FACTOR),
+                  file=self.log)
         self.iterations = self.cycle_iterations     # of the minimisation under way
         # each QM trial is a QM minimisation: qm_trial_iterations, at most a cycle's
         self.trial_iterations = (min(params.qm_trial_iterations, params.max_iterations)
@@ -163,10 +168,6 @@ class MacroCycleRefinement:
                   " curvature was measured to fit GFN2's only (PM7's when scaled x%g, and far"
                   " 1us0 starts still fell short); 0 takes a QM gradient at every step"
                   % (wanted, engine, qm_expansion.CURVATURE_SCALE["pm7"]), file=self.log)
-        print("  Local QM models: a QM gradient every %d L-BFGS steps; macro-cycles of %d"
-              " iterations (%d x max_iterations)" % (
-                  wanted, LOCAL_CYCLE_FACTOR * self.params.max_iterations, LOCAL_CYCLE_FACTOR),
-              file=self.log)
         return wanted
 
     # -- to implement -------------------------------------------------------
