@@ -100,6 +100,71 @@ def test_local_model_is_the_qm_energy_at_its_point_and_consistent_around_it(pept
     assert abs(e_true - e1) > 1e-6
 
 
+def test_a_new_expansion_keeps_the_energy_where_it_is_taken_and_takes_qms_gradient(peptide):
+    """reexpand(): QM's gradient at the last point the local model answered
+    for, the local model's energy there (a minimiser going on across it
+    sees the same value), and an energy consistent with its gradient."""
+    grm = peptide.get_restraints_manager().geometry
+    x0 = np.array(peptide.get_sites_cart())
+    x = x0 + np.random.default_rng(3).normal(0, 0.03, x0.shape)
+    grm.expand_at(x0)
+    try:
+        e_before, g_before = grm.qm_energy_and_gradient(x)
+        calls = grm.n_engine_calls
+        grm.reexpand()
+        assert grm.n_engine_calls == calls + 1
+        e_after, g_after = grm.qm_energy_and_gradient(x)
+        assert e_after == pytest.approx(e_before, abs=1e-6)
+        d = np.random.default_rng(4).normal(0, 1, x0.shape)
+        d /= np.linalg.norm(d)
+        h = 1e-4
+        fd = (grm.qm_energy_and_gradient(x + h * d)[0]
+              - grm.qm_energy_and_gradient(x - h * d)[0]) / (2 * h)
+        assert fd == pytest.approx(np.vdot(grm.qm_energy_and_gradient(x)[1], d), rel=1e-4, abs=1e-4)
+    finally:
+        grm.end_expansion()
+    e_qm, g_qm = grm.qm_energy_and_gradient(x)
+    assert np.abs(g_after - g_qm).max() < 1e-6
+    assert np.abs(g_before - g_qm).max() > 1e-3     # the old model's was not QM's
+    assert abs(e_qm - e_after) > 1e-6                # QM's energy was not taken
+
+
+def test_one_lbfgs_run_goes_on_across_the_local_models(peptide):
+    """local_lbfgs.Reexpansion: one L-BFGS run of 6 iterations takes a QM
+    gradient after iterations 2 and 4 (3 with the start's), its target value
+    unchanged by each new expansion, and lowers the QM energy."""
+    from cctbx.geometry_restraints import lbfgs as geometry_lbfgs
+    from qr_phenix.refinement.driver import termination
+    from qr_phenix.refinement.local_lbfgs import Reexpansion
+    grm = peptide.get_restraints_manager().geometry
+    sites = peptide.get_sites_cart().deep_copy()
+    e_start, _ = grm.qm_energy_and_gradient(np.array(sites))
+
+    class Watched(Reexpansion):
+        jumps = []
+
+        def after_step(self, evaluator, minimizer):
+            f = evaluator.f
+            stop = super().after_step(evaluator, minimizer)
+            self.jumps.append(abs(evaluator.f - f))
+            return stop
+
+    grm.expand_at(sites)
+    calls = grm.n_engine_calls
+    run = Watched(grm, every=2, iterations=6)
+    try:
+        result = run.minimiser(geometry_lbfgs.lbfgs)(
+            sites_cart=sites, geometry_restraints_manager=grm,
+            lbfgs_termination_params=termination(6))
+    finally:
+        grm.end_expansion()
+    assert result.minimizer.iter() == 6 and run.failed is None
+    assert grm.n_engine_calls == calls + 2
+    assert len(run.jumps) == 6 and max(run.jumps) < 1e-6 * max(1.0, abs(e_start))
+    e_end, _ = grm.qm_energy_and_gradient(np.array(sites))
+    assert e_end < e_start - 1.0
+
+
 def test_a_failing_force_field_leaves_qm_to_answer(peptide):
     import copy
     from qr_phenix.engines.base import EngineError

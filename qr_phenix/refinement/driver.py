@@ -16,6 +16,7 @@ import scitbx.lbfgs
 
 from qr_phenix import qm_expansion
 from qr_phenix.refinement import best_model
+from qr_phenix.refinement import local_lbfgs
 from qr_phenix.refinement import progress
 from qr_phenix.refinement import statistics as stats_mod
 from qr_phenix.refinement import weights as weights_mod
@@ -127,6 +128,7 @@ class MacroCycleRefinement:
         self.geometry = stats_mod.HeavyAtomGeometry(model)
         self._reference_ratio = self.checkpoint_state.get("reference_ratio")
         self.local_iterations = self._local_iterations()
+        self._reexpansion = None     # local_lbfgs.Reexpansion of the minimisation under way
         if self.local_iterations:
             print("  Local QM models: a QM gradient every %d L-BFGS steps; macro-cycles of %d"
                   " iterations (%d x max_iterations)" % (
@@ -261,28 +263,38 @@ class MacroCycleRefinement:
             self.iterations = self.cycle_iterations
 
     def _minimise_on_local_models(self, scale):
-        """The minimisation's iterations in runs of `local_iterations`, each
-        on the QM energy expanded about a fresh QM gradient (qm_expansion.py):
-        one QM gradient per run instead of one or more per iteration."""
+        """The minimisation on local models of the QM energy (qm_expansion.py):
+        one L-BFGS run with a fresh QM gradient every `local_iterations`
+        iterations (local_lbfgs.py) instead of one or more per iteration."""
         grm = self.model.get_restraints_manager().geometry
         total = self.iterations
         try:
-            for done in range(0, total, self.local_iterations):
-                grm.expand_at(self.model.get_sites_cart())
-                ok, why = grm.expansion_available()
-                if not ok:
-                    print("  %s: a QM gradient at every L-BFGS step from here on" % why,
-                          file=self.log)
-                    self.local_iterations = 0
-                    if self.reporter is not None:
-                        self.reporter.local_iterations = 0
-                    self.iterations = total - done
+            grm.expand_at(self.model.get_sites_cart())
+            ok, why = grm.expansion_available()
+            done = 0
+            if ok:
+                self._reexpansion = local_lbfgs.Reexpansion(grm, self.local_iterations, total)
+                try:
                     self.minimise(scale)
+                finally:
+                    run, self._reexpansion = self._reexpansion, None
+                if run.failed is None:
                     return
-                self.iterations = min(self.local_iterations, total - done)
+                why, done = run.failed, run.iterations_done
+            print("  %s: a QM gradient at every L-BFGS step from here on" % why, file=self.log)
+            self.local_iterations = 0
+            if self.reporter is not None:
+                self.reporter.local_iterations = 0
+            self.iterations = total - done
+            if self.iterations > 0:
                 self.minimise(scale)
         finally:
             grm.end_expansion()
+
+    def lbfgs_class(self, cls):
+        """The minimiser class a `minimise` runs: cls, or during a
+        minimisation on local QM models, cls re-expanding as it goes."""
+        return cls if self._reexpansion is None else self._reexpansion.minimiser(cls)
 
     def plan(self, result, n_cycles):
         """For the cost reporter: progress.Plan of the minimisations still to
