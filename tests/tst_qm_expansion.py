@@ -241,6 +241,33 @@ def test_local_models_warn_for_engines_gfnff_was_not_measured_to_fit(tmp_path, h
     assert r["engine"]["calls"] == 5
 
 
+@pytest.mark.parametrize("mode", ["real_space", "geometry"])
+def test_map_and_geometry_refinements_run_on_local_models_too(tmp_path, helix_pdb, mode):
+    """The map and the restraints-only minimisers take the same one-run
+    re-expansion as the X-ray one: one cycle of 2 x 8 iterations with a QM
+    gradient every 4 asks QM at the start, after iterations 4, 8 and 12,
+    and at the end (5 calls), without falling back to QM at every step."""
+    needs_engine("gfnff")
+    from tst_refine import write_map
+    data = []
+    if mode == "real_space":
+        map_path = tmp_path / "helix_4A.mrc"
+        write_map(helix_pdb, map_path)
+        data = [str(map_path), "refinement.resolution=4", "refinement.weight=0.25"]
+    r = run_checked(Program, [
+        helix_pdb] + data + [
+        "qm_restraints.restraints=qm", "qm_restraints.engine=gfn2",
+        "qm_restraints.engine_options.solvent=None", "refinement.validation=off",
+        "refinement.macro_cycles=1", "refinement.max_iterations=8",
+        "refinement.qm_local_iterations=4", "output.prefix=%s" % (tmp_path / mode)],
+        logger=null_out())
+    assert r["mode"] == mode
+    log = open(r["outputs"]["log"]).read()
+    assert "macro-cycles of 16 iterations" in log
+    assert "a QM gradient at every L-BFGS step" not in log
+    assert r["engine"]["calls"] == 5
+
+
 def test_scaled_curvature_makes_the_local_model_exact_for_a_stiffer_energy():
     """Where QM's energy is k times as stiff as the force field about x0 (here
     both quadratic), the local model with curvature scale k is QM itself,

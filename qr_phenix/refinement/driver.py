@@ -50,12 +50,13 @@ STALE_CYCLES = 4           # stop after this many cycles without progress (_last
 # cycle ends with geometry well inside the limits and an acceptable R gap.
 RAISE_BELOW_FRACTION = 0.6
 MAX_RAISE_STEPS = 3
-# On local QM models (qm_local_iterations) an L-BFGS step gains about half
-# what an exact one does: the model's gradient is 35-114 % off QM's where a
-# 10-step run ends.  1us0 helix start d1.5_m00, weight 0.25, 10 cycles:
-# R-work 0.057 exact (327 QM gradients), 0.193 on local models at 25
-# iterations a cycle (31), 0.052 at 50 (47).  Local-model cycles therefore
-# take this many times max_iterations; the weight trials do not.
+# On local QM models (qm_local_iterations) an L-BFGS step gains less than an
+# exact one: the model's gradient is 35-114 % off QM's where a 10-step run
+# ends.  1us0 helix start d1.5_m00, weight 0.25, 10 cycles, one L-BFGS run
+# per minimisation (local_lbfgs.py): R-work 0.057 exact (296 QM gradients),
+# 0.084 on local models at 25 iterations a cycle (31), 0.058 at 50 (38).
+# Local-model cycles therefore take this many times max_iterations; the
+# weight trials do not.
 LOCAL_CYCLE_FACTOR = 2
 
 
