@@ -89,25 +89,11 @@ class LocalQMModel:
         self.point = ExpansionPoint(sites, float(energy), np.array(gradient, dtype=float),
                                     float(shape_energy), np.array(shape_gradient, dtype=float))
 
-    def reexpand_at(self, sites, gradient):
-        """Make sites the expansion point with QM's gradient there but this
-        model's own energy there (trust wall included), not QM's.  A
-        minimiser that goes on across the new expansion (local_lbfgs.py)
-        then finds the value at its current point unchanged, as its line
-        search assumes; only the gradient is corrected."""
-        sites = np.array(sites, dtype=float).reshape(-1, 3)
-        shape_energy, shape_gradient = self.shape.energy_and_gradient(sites)
-        energy, _ = self._about_point(sites, shape_energy, shape_gradient)
-        self.point = ExpansionPoint(sites, energy, np.array(gradient, dtype=float),
-                                    float(shape_energy), np.array(shape_gradient, dtype=float))
-
     def energy_and_gradient(self, sites):
-        sites = np.array(sites, dtype=float).reshape(-1, 3)
-        return self._about_point(sites, *self.shape.energy_and_gradient(sites))
-
-    def _about_point(self, sites, shape_energy, shape_gradient):
         p = self.point
+        sites = np.array(sites, dtype=float).reshape(-1, 3)
         d = sites - p.sites
+        shape_energy, shape_gradient = self.shape.energy_and_gradient(sites)
         k = self.curvature_scale
         energy = (p.energy + float(np.vdot(p.gradient, d))
                   + k * (shape_energy - p.shape_energy - float(np.vdot(p.shape_gradient, d))))

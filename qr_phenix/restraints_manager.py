@@ -391,7 +391,6 @@ class QMRestraintsManager:
         self.shape_error = None
         self.local_model = None
         self._local_active = False
-        self._local_sites = None     # where the local model last answered
 
     def set_observer(self, observer):
         """An object told each engine call (`engine_call(seconds)`) and, for
@@ -451,17 +450,6 @@ class QMRestraintsManager:
     def expand_at(self, sites_cart):
         """Take a QM gradient at sites_cart and answer later calls from the
         local model about it (qm_expansion.py) until `end_expansion`."""
-        self._expand(sites_cart, keep_energy=False)
-
-    def reexpand(self):
-        """A fresh QM gradient at the last sites the local model answered
-        for, the local model's energy there kept (LocalQMModel.reexpand_at):
-        for a minimiser that goes on across the new expansion."""
-        if not self._local_active:
-            raise RuntimeError("reexpand() needs an active local model (expand_at first)")
-        self._expand(self._local_sites, keep_energy=True)
-
-    def _expand(self, sites_cart, keep_energy):
         self._local_active = False
         energy, gradient = self.qm_energy_and_gradient(sites_cart)
         if self.shape_error is not None:
@@ -473,14 +461,10 @@ class QMRestraintsManager:
             if self.local_model is None:
                 self.local_model = LocalQMModel(
                     self.shape_factory(), CURVATURE_SCALE.get(self.engine_name, 1.0))
-            if keep_energy:
-                self.local_model.reexpand_at(sites, gradient - wall_gradient)
-            else:
-                self.local_model.expand_at(sites, energy - wall, gradient - wall_gradient)
+            self.local_model.expand_at(sites, energy - wall, gradient - wall_gradient)
         except Exception as e:
             self._shape_failed(e)
             return
-        self._local_sites = sites
         self._local_active = True
 
     def end_expansion(self):
@@ -501,7 +485,6 @@ class QMRestraintsManager:
             except Exception as e:
                 self._shape_failed(e)
             else:
-                self._local_sites = sites
                 return energy + wall, gradient + wall_gradient
         key = hashlib.sha1(sites.tobytes()).hexdigest()
         if key == self._cache_key:

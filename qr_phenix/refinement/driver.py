@@ -16,7 +16,6 @@ import scitbx.lbfgs
 
 from qr_phenix import qm_expansion
 from qr_phenix.refinement import best_model
-from qr_phenix.refinement import local_lbfgs
 from qr_phenix.refinement import progress
 from qr_phenix.refinement import statistics as stats_mod
 from qr_phenix.refinement import weights as weights_mod
@@ -50,13 +49,12 @@ STALE_CYCLES = 4           # stop after this many cycles without progress (_last
 # cycle ends with geometry well inside the limits and an acceptable R gap.
 RAISE_BELOW_FRACTION = 0.6
 MAX_RAISE_STEPS = 3
-# On local QM models (qm_local_iterations) an L-BFGS step gains less than an
-# exact one: the model's gradient is 35-114 % off QM's where a 10-step run
-# ends.  1us0 helix start d1.5_m00, weight 0.25, 10 cycles, one L-BFGS run
-# per minimisation (local_lbfgs.py): R-work 0.057 exact (296 QM gradients),
-# 0.084 on local models at 25 iterations a cycle (31), 0.058 at 50 (38).
-# Local-model cycles therefore take this many times max_iterations; the
-# weight trials do not.
+# On local QM models (qm_local_iterations) an L-BFGS step gains about half
+# what an exact one does: the model's gradient is 35-114 % off QM's where a
+# 10-step run ends.  1us0 helix start d1.5_m00, weight 0.25, 10 cycles:
+# R-work 0.057 exact (327 QM gradients), 0.193 on local models at 25
+# iterations a cycle (31), 0.052 at 50 (47).  Local-model cycles therefore
+# take this many times max_iterations; the weight trials do not.
 LOCAL_CYCLE_FACTOR = 2
 
 
@@ -129,7 +127,6 @@ class MacroCycleRefinement:
         self.geometry = stats_mod.HeavyAtomGeometry(model)
         self._reference_ratio = self.checkpoint_state.get("reference_ratio")
         self.local_iterations = self._local_iterations()
-        self._reexpansion = None     # local_lbfgs.Reexpansion of the minimisation under way
         if self.local_iterations:
             print("  Local QM models: a QM gradient every %d L-BFGS steps; macro-cycles of %d"
                   " iterations (%d x max_iterations)" % (
@@ -264,38 +261,28 @@ class MacroCycleRefinement:
             self.iterations = self.cycle_iterations
 
     def _minimise_on_local_models(self, scale):
-        """The minimisation on local models of the QM energy (qm_expansion.py):
-        one L-BFGS run with a fresh QM gradient every `local_iterations`
-        iterations (local_lbfgs.py) instead of one or more per iteration."""
+        """The minimisation's iterations in runs of `local_iterations`, each
+        on the QM energy expanded about a fresh QM gradient (qm_expansion.py):
+        one QM gradient per run instead of one or more per iteration."""
         grm = self.model.get_restraints_manager().geometry
         total = self.iterations
         try:
-            grm.expand_at(self.model.get_sites_cart())
-            ok, why = grm.expansion_available()
-            done = 0
-            if ok:
-                self._reexpansion = local_lbfgs.Reexpansion(grm, self.local_iterations, total)
-                try:
+            for done in range(0, total, self.local_iterations):
+                grm.expand_at(self.model.get_sites_cart())
+                ok, why = grm.expansion_available()
+                if not ok:
+                    print("  %s: a QM gradient at every L-BFGS step from here on" % why,
+                          file=self.log)
+                    self.local_iterations = 0
+                    if self.reporter is not None:
+                        self.reporter.local_iterations = 0
+                    self.iterations = total - done
                     self.minimise(scale)
-                finally:
-                    run, self._reexpansion = self._reexpansion, None
-                if run.failed is None:
                     return
-                why, done = run.failed, run.iterations_done
-            print("  %s: a QM gradient at every L-BFGS step from here on" % why, file=self.log)
-            self.local_iterations = 0
-            if self.reporter is not None:
-                self.reporter.local_iterations = 0
-            self.iterations = total - done
-            if self.iterations > 0:
+                self.iterations = min(self.local_iterations, total - done)
                 self.minimise(scale)
         finally:
             grm.end_expansion()
-
-    def lbfgs_class(self, cls):
-        """The minimiser class a `minimise` runs: cls, or during a
-        minimisation on local QM models, cls re-expanding as it goes."""
-        return cls if self._reexpansion is None else self._reexpansion.minimiser(cls)
 
     def plan(self, result, n_cycles):
         """For the cost reporter: progress.Plan of the minimisations still to

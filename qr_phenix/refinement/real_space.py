@@ -48,7 +48,7 @@ class RealSpaceRefinement(MacroCycleRefinement):
 
     def minimise(self, scale):
         weight = scale * self.reference_ratio()
-        minimiser = self.lbfgs_class(rs_simple.lbfgs)(
+        minimiser = rs_simple.lbfgs(
             sites_cart=self.model.get_sites_cart().deep_copy(), density_map=self.map_data, gradients_method="tricubic",
             unit_cell=self.unit_cell, geometry_restraints_manager=self._grm(),
             real_space_target_weight=weight,
@@ -79,7 +79,7 @@ class GeometryMinimisation(MacroCycleRefinement):
 
     def minimise(self, scale):
         sites = self.model.get_sites_cart().deep_copy()
-        self.lbfgs_class(geometry_lbfgs.lbfgs)(
+        geometry_lbfgs.lbfgs(
             sites_cart=sites,
             geometry_restraints_manager=self.model.get_restraints_manager().geometry,
             lbfgs_termination_params=termination(self.iterations))

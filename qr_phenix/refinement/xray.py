@@ -152,7 +152,7 @@ class XrayRefinement(MacroCycleRefinement):
     def minimise(self, scale):
         tw = group_args(xyz_weights_result=mmtbx_weights.weights(
             wx=self.reference_ratio(), wx_scale=scale, w=1.0))
-        self.lbfgs_class(mmtbx.refinement.minimization.lbfgs)(
+        mmtbx.refinement.minimization.lbfgs(
             fmodels=mmtbx.fmodels(fmodel_xray=self.fmodel),
             restraints_manager=self.model.get_restraints_manager(),
             model=self.model, target_weights=tw, refine_xyz=True,
