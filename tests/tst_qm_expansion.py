@@ -178,10 +178,10 @@ def test_local_models_warn_for_engines_gfnff_was_not_measured_to_fit(tmp_path, h
 
 @pytest.mark.parametrize("mode", ["real_space", "geometry"])
 def test_map_and_geometry_refinements_run_on_local_models_too(tmp_path, helix_pdb, mode):
-    """The map and the restraints-only minimisers take the same one-run
-    re-expansion as the X-ray one: one cycle of 2 x 8 iterations with a QM
-    gradient every 4 asks QM at the start, after iterations 4, 8 and 12,
-    and at the end (5 calls), without falling back to QM at every step."""
+    """The map and the restraints-only minimisers run on local models as the
+    X-ray one does: one cycle of 2 x 8 iterations with a QM gradient every 4
+    asks QM at the start, after iterations 4, 8 and 12, and at the end (5
+    calls), without falling back to QM at every step."""
     needs_engine("gfnff")
     from tst_refine import write_map
     data = []
