@@ -77,7 +77,7 @@ qm_local_iterations = 0
            qr_phenix/qm_expansion.py), and the next QM gradient is taken where \
            those steps end; macro-cycles then run 2 x max_iterations. 0 \
            (default): a QM gradient at every step. 10 took 7-11x fewer QM \
-           gradients on the fast path (1va7 15, 3kyi 15-23) with R-free \
+           gradients on the fast path (1va7 15-23, 3kyi 15-23) with R-free \
            0.002-0.003 above exact QM; in the 1us0 study far starts fall \
            short of exact QM more often (docs/refinement.md)"
 qm_extra_trials = 3
