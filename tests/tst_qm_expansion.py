@@ -203,6 +203,35 @@ def test_map_and_geometry_refinements_run_on_local_models_too(tmp_path, helix_pd
     assert r["engine"]["calls"] == 5
 
 
+@pytest.mark.parametrize("scope", ["all", "weight_trials"])
+def test_local_scope_weight_trials_keeps_qm_at_every_step_of_the_cycles(tmp_path, helix_pdb,
+                                                                         helix_mtz, scope):
+    """qm_local_scope=weight_trials: the two weight trials (4 iterations, a
+    QM gradient every 4) run on local models, the second cycle's minimisation
+    (6 iterations) on QM at every step; scope=all runs that cycle on local
+    models too, with 12 iterations."""
+    needs_engine("gfnff")
+    r = run_checked(Program, [
+        helix_pdb, helix_mtz, "qm_restraints.restraints=qm", "qm_restraints.engine=gfn2",
+        "qm_restraints.engine_options.solvent=None", "refinement.bulk_solvent=False",
+        "refinement.adp=none", "refinement.validation=off", "refinement.weight_trials=0.25 0.5",
+        "refinement.qm_extra_trials=0", "refinement.macro_cycles=2",
+        "refinement.max_iterations=6", "refinement.qm_trial_iterations=4",
+        "refinement.qm_local_iterations=4", "refinement.qm_local_scope=%s" % scope,
+        "output.prefix=%s" % (tmp_path / scope)], logger=null_out())
+    log = open(r["outputs"]["log"]).read()
+    trials, cycle = (c["engine_calls"] for c in r["cycles"][:2])
+    # each trial: one local model at the start (its gradient known) and one
+    # QM gradient where its 4 steps end, at most
+    assert trials <= 2 * 2
+    if scope == "weight_trials":
+        assert "Local QM models in the weight trials" in log
+        assert cycle >= 6          # one QM gradient per L-BFGS step, or more
+    else:
+        assert "macro-cycles of 12 iterations" in log
+        assert cycle <= 4          # 12 steps on 3 local models, and the end point
+
+
 def test_scaled_curvature_makes_the_local_model_exact_for_a_stiffer_energy():
     """Where QM's energy is k times as stiff as the force field about x0 (here
     both quadratic), the local model with curvature scale k is QM itself,

@@ -571,21 +571,52 @@ def test_cost_reporter_counts_one_gradient_per_local_model():
     from qr_phenix.refinement.progress import CostReporter, Plan, PlannedStep
     now = {"t": 0.0}
     rep = CostReporter(io.StringIO(), clock=lambda: now["t"])
-    rep.local_iterations = 10
-    rep.plan(Plan([PlannedStep("cycle 2 of 3", 25, 2), PlannedStep("cycle 3 of 3", 25, 3)]))
+    rep.plan(Plan([PlannedStep("cycle 2 of 3", 25, 2, local_iterations=10),
+                   PlannedStep("cycle 3 of 3", 25, 3, local_iterations=10)]))
     assert rep.remaining_gradients() == pytest.approx(6)
-    rep.begin_step("trial 1", 10)     # the start's gradient was cached: no call
+    rep.begin_step("trial 1", 10, 10)     # the start's gradient was cached: no call
     rep.end_step()
     assert rep.remaining_gradients() == pytest.approx(6)
-    rep.begin_step("trial 2", 10)
+    rep.begin_step("trial 2", 10, 10)
     rep.engine_call(1.0)
     rep.end_step()
     assert rep.remaining_gradients() == pytest.approx(6)
-    rep.begin_step("trial 3", 10)
+    rep.begin_step("trial 3", 10, 10)
     for _ in range(4):        # repeated gradients (the force field failed, say)
         rep.engine_call(1.0)
     rep.end_step()
     assert rep.remaining_gradients() == pytest.approx(6 * 5 / 3.0)
+
+
+def test_cost_reporter_keeps_local_and_exact_steps_apart():
+    """qm_local_scope=weight_trials: trials on local models, cycles with a QM
+    gradient at every step.  The trials' few gradients and their GFN-FF time
+    say nothing about a cycle's: cycles take the guesses (1.1 gradients and
+    the library stage's overhead per iteration) until a cycle has run, and
+    each kind is then measured on its own steps."""
+    import io
+    from qr_phenix.refinement.progress import CostReporter, Plan, PlannedStep, \
+        CALLS_PER_ITERATION
+    now = {"t": 0.0}
+    rep = CostReporter(io.StringIO(), overhead_per_iteration=0.01, clock=lambda: now["t"])
+    rep.plan(Plan([PlannedStep("cycle 2 of 2", 25, 2)]))
+    rep.begin_step("trial 1", 10, 10)
+    rep.engine_call(5.0)
+    now["t"] = 30.0                       # 25 s of GFN-FF and the data target
+    rep.end_step()
+    assert rep.calls_per_iteration() == CALLS_PER_ITERATION
+    assert rep.overhead_per_iteration(10) == pytest.approx(2.5)
+    assert rep.overhead_per_iteration(0) == pytest.approx(0.01)
+    assert rep.remaining_gradients() == pytest.approx(25 * CALLS_PER_ITERATION)
+    rep.begin_step("cycle 2 of 2", 25)
+    for _ in range(27):
+        rep.engine_call(1.0)
+    now["t"] = 30.0 + 27.0 + 0.5
+    rep.end_step()
+    assert rep.calls_per_iteration() == pytest.approx(27 / 25.0)
+    assert rep.overhead_per_iteration(0) == pytest.approx(0.5 / 25)
+    assert rep.overhead_per_iteration(10) == pytest.approx(2.5)
+    assert rep.gradients_for(10, 10) == pytest.approx(1.0)
 
 
 def test_durations_keep_the_digits_that_tell_helix_gradients_apart():

@@ -127,11 +127,18 @@ class MacroCycleRefinement:
         self.geometry = stats_mod.HeavyAtomGeometry(model)
         self._reference_ratio = self.checkpoint_state.get("reference_ratio")
         self.local_iterations = self._local_iterations()
-        if self.local_iterations:
+        # qm_local_scope=weight_trials: the trials on local models, the
+        # macro-cycles with a QM gradient at every step
+        self.local_cycles = getattr(params, "qm_local_scope", "all") != "weight_trials"
+        if self.local_iterations and self.local_cycles:
             print("  Local QM models: a QM gradient every %d L-BFGS steps; macro-cycles of %d"
                   " iterations (%d x max_iterations)" % (
                       self.local_iterations, self.cycle_iterations, LOCAL_CYCLE_FACTOR),
                   file=self.log)
+        elif self.local_iterations:
+            print("  Local QM models in the weight trials (a QM gradient every %d L-BFGS"
+                  " steps); macro-cycles with a QM gradient at every step" % (
+                      self.local_iterations), file=self.log)
         self.iterations = self.cycle_iterations     # of the minimisation under way
         # each QM trial is a QM minimisation: qm_trial_iterations, at most a cycle's
         self.trial_iterations = (min(params.qm_trial_iterations, params.max_iterations)
@@ -148,7 +155,13 @@ class MacroCycleRefinement:
     @property
     def cycle_iterations(self):
         """L-BFGS iterations of a macro-cycle's minimisation."""
-        return self.params.max_iterations * (LOCAL_CYCLE_FACTOR if self.local_iterations else 1)
+        return self.params.max_iterations * (LOCAL_CYCLE_FACTOR if self.step_local_iterations()
+                                             else 1)
+
+    def step_local_iterations(self, trial=False):
+        """L-BFGS steps per QM gradient in a weight trial or a macro-cycle
+        (0: a QM gradient at every step)."""
+        return self.local_iterations if trial or self.local_cycles else 0
 
     def _local_iterations(self):
         """L-BFGS iterations per QM gradient on the local model of the QM
@@ -242,15 +255,16 @@ class MacroCycleRefinement:
                 t.bond_rmsd, t.angle_rmsd, f(t.map_cc, "%7.4f"), t.verdict), file=self.log)
         print("", file=self.log)
 
-    def _minimise(self, scale, label, iterations=None):
+    def _minimise(self, scale, label, iterations=None, trial=False):
         """One minimisation, announced to the cost reporter."""
         self.iterations = iterations or self.cycle_iterations
+        local = self.step_local_iterations(trial)
         if self.reporter is not None:
-            self.reporter.begin_step(label, self.iterations)
+            self.reporter.begin_step(label, self.iterations, local)
         self.minimisation_iterations += self.iterations
         t0 = time.perf_counter()
         try:
-            if self.local_iterations:
+            if local:
                 self._minimise_on_local_models(scale)
             else:
                 self.minimise(scale)
@@ -275,7 +289,7 @@ class MacroCycleRefinement:
                           file=self.log)
                     self.local_iterations = 0
                     if self.reporter is not None:
-                        self.reporter.local_iterations = 0
+                        self.reporter.step_local_iterations = 0
                     self.iterations = total - done
                     self.minimise(scale)
                     return
@@ -318,11 +332,13 @@ class MacroCycleRefinement:
                 scales = self.trial_scales(cycle, None if first_search else 1.0)
                 n_extra = self.max_extra_trials if first_search else 0
                 steps += [progress.PlannedStep(self._trial_label(cycle, k), self.trial_iterations,
-                                               cycle, optional=k >= len(scales))
+                                               cycle, optional=k >= len(scales),
+                                               local_iterations=self.step_local_iterations(True))
                           for k in range(len(scales) + n_extra)]
             else:
                 steps.append(progress.PlannedStep("cycle %d of %d" % (cycle, n_cycles),
-                                                  self.cycle_iterations, cycle))
+                                                  self.cycle_iterations, cycle,
+                                                  local_iterations=self.step_local_iterations()))
         return progress.Plan(steps, earliest_stop=earliest_stop,
                              expected_stop=min(expected_stop, n_cycles),
                              # X-ray: half the allowance (the QM stages of 1va7 and
@@ -336,7 +352,7 @@ class MacroCycleRefinement:
 
     def _trial(self, scale, start, cycle, k=0):
         self.set_state(start)
-        self._minimise(scale, self._trial_label(cycle, k), self.trial_iterations)
+        self._minimise(scale, self._trial_label(cycle, k), self.trial_iterations, trial=True)
         s = self.measure(cycle)
         bond, angle = self.geometry(self.model.get_sites_cart())
         if self.score == "map_cc" and self.limits.max_clashscore is not None:
@@ -445,7 +461,6 @@ class MacroCycleRefinement:
             self.limits.max_clashscore = result.start.clashscore
         n_cycles = p.macro_cycles if self.uses_data or p.macro_cycles else 1
         if self.reporter is not None:
-            self.reporter.local_iterations = self.local_iterations
             self.reporter.plan(self.plan(result, n_cycles))
         for cycle in range(len(result.cycles) + 1, n_cycles + 1):
             label = "cycle %d of %d" % (cycle, n_cycles)

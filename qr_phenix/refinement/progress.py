@@ -64,6 +64,7 @@ class PlannedStep:
     iterations: int
     cycle: int
     optional: bool = False     # an extra weight trial: runs only while no trial meets the limits
+    local_iterations: int = 0  # L-BFGS steps per QM gradient (local QM models); 0: one per step
 
 
 @dataclass
@@ -118,10 +119,11 @@ class CostReporter:
         self.cycle_overhead_guess = float(overhead_per_cycle)
         #: gradients per iteration before a step is measured
         self.calls_per_iteration_guess = CALLS_PER_ITERATION
-        #: k when k L-BFGS steps share one QM gradient (qm_expansion.py; set by
-        #: the driver): a minimisation of n iterations then takes ceil(n/k)
-        #: (3kyi: 1 per 10-iteration trial, 3-4 per 25-iteration cycle)
-        self.local_iterations = 0
+        #: k when k L-BFGS steps of the step under way share one QM gradient
+        #: (qm_expansion.py; from the driver): a minimisation of n iterations
+        #: then takes ceil(n/k) (3kyi: 1 per 10-iteration trial, 3-4 per
+        #: 25-iteration cycle); 0: one or more per iteration
+        self.step_local_iterations = 0
         self.planned = Plan()         # the minimisations still to come
         self.step_label = None
         self.step_iterations = 0
@@ -131,9 +133,11 @@ class CostReporter:
         self.gradient_times = []
         self.calls_done = 0
         self.calls_outside_steps = 0
-        self.finished_step_calls = 0
-        self.iterations_done = 0      # iteration limits of finished steps
-        self.step_overheads = []      # (seconds outside the engine, iterations) per finished step
+        # finished steps with a QM gradient at every iteration: their calls and
+        # iteration limits; on local models: their calls and expansions
+        self.exact_calls = self.exact_iterations = 0
+        self.local_calls = self.local_expansions = 0
+        self.step_overheads = []      # (seconds outside the engine, iterations, k) per finished step
         self.cycle = None             # the macro-cycle under way
         self.cycle_t0 = None
         self.cycle_step_wall = 0.0    # wall time of its finished minimisations
@@ -161,9 +165,10 @@ class CostReporter:
         self.cycle_overheads.append(max(0.0, wall - self.cycle_step_wall))
         self.cycle_t0 = self.cycle = None
 
-    def begin_step(self, label, iterations):
+    def begin_step(self, label, iterations, local_iterations=0):
         self.step_label = label
         self.step_iterations = int(iterations)
+        self.step_local_iterations = int(local_iterations)
         self.step_t0 = self.clock()
         self.step_calls = 0
         self.step_engine = 0.0
@@ -184,10 +189,15 @@ class CostReporter:
         if self.step_t0 is None:
             return
         wall = self.clock() - self.step_t0
-        self.step_overheads.append((max(0.0, wall - self.step_engine), self.step_iterations))
+        k = self.step_local_iterations
+        self.step_overheads.append((max(0.0, wall - self.step_engine), self.step_iterations, k))
         self.cycle_step_wall += wall
-        self.iterations_done += self.step_iterations
-        self.finished_step_calls += self.step_calls
+        if k:
+            self.local_calls += self.step_calls
+            self.local_expansions += -(-self.step_iterations // k)
+        else:
+            self.exact_calls += self.step_calls
+            self.exact_iterations += self.step_iterations
         self.step_calls = 0
         self.step_t0 = None
 
@@ -258,14 +268,20 @@ class CostReporter:
         return sum(recent) / len(recent) if recent else 0.0
 
     def calls_per_iteration(self):
-        if self.iterations_done == 0:
+        """QM gradients per iteration of the finished steps that took one at
+        every iteration."""
+        if self.exact_iterations == 0:
             return self.calls_per_iteration_guess
-        return self.finished_step_calls / float(self.iterations_done)
+        return self.exact_calls / float(self.exact_iterations)
 
-    def overhead_per_iteration(self):
-        iterations = sum(n for _, n in self.step_overheads)
+    def overhead_per_iteration(self, local_iterations=0):
+        """Seconds per iteration outside the QM engine, from finished steps of
+        the same kind: on local models each iteration adds GFN-FF calls
+        (1va7: most of a local step's time), so they are measured apart."""
+        same = [(t, n) for t, n, k in self.step_overheads if bool(k) == bool(local_iterations)]
+        iterations = sum(n for _, n in same)
         if iterations:
-            return sum(t for t, _ in self.step_overheads) / iterations
+            return sum(t for t, _ in same) / iterations
         return self.iteration_overhead_guess
 
     def overhead_per_cycle(self):
@@ -283,9 +299,10 @@ class CostReporter:
             return p.steps_to(p.expected_stop, p.expected_extra_trials)
         return p.steps
 
-    def gradients_for(self, iterations):
-        """QM gradients a minimisation of `iterations` is expected to take."""
-        k = self.local_iterations
+    def gradients_for(self, iterations, local_iterations=0):
+        """QM gradients a minimisation of `iterations` is expected to take,
+        with `local_iterations` steps per QM gradient (0: at every step)."""
+        k = local_iterations
         if not k:
             return iterations * self.calls_per_iteration()
         # an expansion is one QM gradient, more where one was repeated; fewer
@@ -293,28 +310,29 @@ class CostReporter:
         # and find its gradient cached (1us0 helix: 1-2 QM gradients for 5
         # trials; the ratio taken as it came expected 11 gradients for a run
         # that took 23)
-        expansions = sum(-(-n // k) for _, n in self.step_overheads)
-        per_expansion = max(1.0, self.finished_step_calls / float(expansions)) \
-            if expansions else 1.0
+        per_expansion = max(1.0, self.local_calls / float(self.local_expansions)) \
+            if self.local_expansions else 1.0
         return -(-iterations // k) * per_expansion
 
     def remaining_gradients(self, which="all"):
-        current = max(0.0, self.gradients_for(self.step_iterations) - self.step_calls) \
-            if self.step_t0 is not None else 0.0
-        return current + sum(self.gradients_for(step.iterations)
+        current = max(0.0, self.gradients_for(self.step_iterations, self.step_local_iterations)
+                      - self.step_calls) if self.step_t0 is not None else 0.0
+        return current + sum(self.gradients_for(step.iterations, step.local_iterations)
                              for step in self._steps_to_come(which))
 
     def _time_left(self, which):
         now = self.clock()
         steps = self._steps_to_come(which)
         left = self.remaining_gradients(which) * self.seconds_per_gradient()
-        per_iteration, per_cycle = self.overhead_per_iteration(), self.overhead_per_cycle()
-        left += sum(step.iterations for step in steps) * per_iteration
+        per_cycle = self.overhead_per_cycle()
+        left += sum(step.iterations * self.overhead_per_iteration(step.local_iterations)
+                    for step in steps)
         step_wall = 0.0
         if self.step_t0 is not None:     # what the step under way has still to spend
             step_wall = now - self.step_t0
             spent = max(0.0, step_wall - self.step_engine)
-            left += max(0.0, self.step_iterations * per_iteration - spent)
+            left += max(0.0, self.step_iterations * self.overhead_per_iteration(
+                self.step_local_iterations) - spent)
         left += len({step.cycle for step in steps} - {self.cycle}) * per_cycle
         if self.cycle_t0 is not None:
             spent = now - self.cycle_t0 - self.cycle_step_wall - step_wall

@@ -80,6 +80,12 @@ qm_local_iterations = 0
            gradients on the fast path (1va7 15-23, 3kyi 15-23) with R-free \
            0.002-0.003 above exact QM; in the 1us0 study far starts fall \
            short of exact QM more often (docs/refinement.md)"
+qm_local_scope = *all weight_trials
+  .type = choice
+  .help = "Where qm_local_iterations applies: all minimisations, or the \
+           weight trials only (each then costs about one QM gradient), with \
+           the macro-cycles taking a QM gradient at every step over \
+           max_iterations, so the model handed back is refined on QM itself"
 qm_extra_trials = 3
   .type = int
   .help = "QM stage: at most this many trials toward stronger restraints \
