@@ -126,7 +126,8 @@ def _refine(start_pdb, helix_mtz, out, k):
         start_pdb, helix_mtz, "qm_restraints.restraints=qm", "qm_restraints.engine=gfn2",
         "qm_restraints.engine_options.solvent=None", "refinement.bulk_solvent=False",
         "refinement.adp=none", "refinement.validation=off", "refinement.weight=0.25",
-        "refinement.qm_local_iterations=%d" % k, "output.prefix=%s" % out],
+        "refinement.qm_local_iterations=%d" % k, "refinement.qm_local_scope=all",
+        "output.prefix=%s" % out],
         logger=null_out())
 
 
@@ -165,7 +166,8 @@ def test_local_models_warn_for_engines_gfnff_was_not_measured_to_fit(tmp_path, h
         "qm_restraints.engine_options.solvent=None", "refinement.bulk_solvent=False",
         "refinement.adp=none", "refinement.validation=off", "refinement.weight=0.25",
         "refinement.macro_cycles=1", "refinement.max_iterations=4",
-        "refinement.qm_local_iterations=2", "output.prefix=%s" % (tmp_path / engine)],
+        "refinement.qm_local_iterations=2", "refinement.qm_local_scope=all",
+        "output.prefix=%s" % (tmp_path / engine)],
         logger=null_out())
     log = open(r["outputs"]["log"]).read()
     warned = "Warning: refinement.qm_local_iterations=2 with engine %s" % engine in log
@@ -194,7 +196,8 @@ def test_map_and_geometry_refinements_run_on_local_models_too(tmp_path, helix_pd
         "qm_restraints.restraints=qm", "qm_restraints.engine=gfn2",
         "qm_restraints.engine_options.solvent=None", "refinement.validation=off",
         "refinement.macro_cycles=1", "refinement.max_iterations=8",
-        "refinement.qm_local_iterations=4", "output.prefix=%s" % (tmp_path / mode)],
+        "refinement.qm_local_iterations=4", "refinement.qm_local_scope=all",
+        "output.prefix=%s" % (tmp_path / mode)],
         logger=null_out())
     assert r["mode"] == mode
     log = open(r["outputs"]["log"]).read()
@@ -230,6 +233,30 @@ def test_local_scope_weight_trials_keeps_qm_at_every_step_of_the_cycles(tmp_path
     else:
         assert "macro-cycles of 12 iterations" in log
         assert cycle <= 4          # 12 steps on 3 local models, and the end point
+
+
+def test_fragment_runs_take_their_weight_trials_on_local_models_by_default(tmp_path, helix_pdb,
+                                                                          helix_mtz):
+    """QM from fragments (the helix cut into fragments): qm_local_iterations=Auto
+    puts the QM stage's weight trials on local models (the two trials of 6
+    iterations share the start's QM gradient) and its next cycle on QM at
+    every step (6 iterations, 6 QM gradients or more)."""
+    needs_engine("gfnff")
+    r = run_checked(Program, [
+        helix_pdb, helix_mtz, "qm_restraints.restraints=qm", "qm_restraints.engine=gfn2",
+        "fragments.enabled=True", "fragments.solvent=None",
+        "qm_restraints.engine_options.solvent=None", "refinement.bulk_solvent=False",
+        "refinement.adp=none", "refinement.validation=off", "refinement.macro_cycles=1",
+        "refinement.qm_macro_cycles=2", "refinement.qm_weight_trials=0.25 0.5",
+        "refinement.qm_extra_trials=0", "refinement.max_iterations=6",
+        "output.prefix=%s" % (tmp_path / "fragments")], logger=null_out())
+    log = open(r["outputs"]["log"]).read()
+    assert "Local QM models: 10 L-BFGS steps per QM gradient in the weight trials" \
+        " (QM from fragments, where" in log
+    n_library = r["library_stage"]["cycles"]
+    trials, cycle = (c["engine_calls"] for c in r["cycles"][n_library:n_library + 2])
+    assert trials <= 2
+    assert cycle >= 6
 
 
 def test_scaled_curvature_makes_the_local_model_exact_for_a_stiffer_energy():

@@ -477,8 +477,28 @@ def test_library_stage_then_qm_resumes_and_never_hands_back_worse(start_pdb, hel
 
 def test_library_stage_auto_is_off_for_small_whole_model_qm(xray_runs):
     assert xray_runs["qm"]["library_stage"] is None
-    assert "Library stage before QM: no (whole-model QM of a small model)" in open(
-        xray_runs["qm"]["outputs"]["log"]).read()
+    log = open(xray_runs["qm"]["outputs"]["log"]).read()
+    assert "Library stage before QM: no (whole-model QM of a small model)" in log
+    assert "Local QM models: no (whole-model QM of a small model" in log
+
+
+def test_local_models_auto_is_on_in_the_weight_trials_of_fragment_runs_only():
+    """qm_local_iterations=Auto: 10 steps per QM gradient when the QM energy
+    comes from fragments and GFN-FF's curvature was measured to fit the
+    engine's; an explicit value is taken as given."""
+    from types import SimpleNamespace
+    from libtbx import Auto
+    from qr_phenix.refinement import stages
+    auto = SimpleNamespace(qm_local_iterations=Auto)
+    assert stages.local_iterations(auto, True, True, "gfn2")[0] == stages.AUTO_LOCAL_ITERATIONS
+    k, why = stages.local_iterations(auto, True, True, "pm7")
+    assert k == 0 and "pm7" in why
+    assert stages.local_iterations(auto, True, False, "gfn2")[0] == 0
+    assert stages.local_iterations(auto, False, True, "gfn2")[0] == 0
+    assert stages.local_iterations(SimpleNamespace(qm_local_iterations=0), True, True,
+                                   "gfn2") == (0, "refinement.qm_local_iterations=0")
+    assert stages.local_iterations(SimpleNamespace(qm_local_iterations=5), True, False,
+                                   "pm7")[0] == 5
 
 
 def test_cost_reporter_estimate_and_progress_lines():

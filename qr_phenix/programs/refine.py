@@ -47,7 +47,7 @@ refinement
     .type = int
     .help = "L-BFGS iterations per minimisation (each weight trial, each cycle; \
              cycles on local QM models take twice as many: \
-             refinement.qm_local_iterations). 50 reaches further from far-off \
+             refinement.qm_local_scope=all). 50 reaches further from far-off \
              starts (1.5 A helix starts, library: mean R-free 0.14 vs 0.16) at \
              twice the engine calls"
   r_tolerance = 0.0005
@@ -199,7 +199,10 @@ Outputs <prefix>.pdb, .cif, .log, .json; a checkpoint after every macro-cycle
         model = self._load_model(log, quantum)
         checkpoint = Checkpoint(self.prefix)
         self.t_start = t_start
-        staged, why = self._library_stage(model, quantum)
+        fragments_on = quantum and fragmentation.fragments_enabled(
+            p.fragments, model.get_number_of_atoms(), p.qm_restraints.selection)
+        self._local_iterations(quantum, fragments_on, log)
+        staged, why = self._library_stage(model, quantum, fragments_on)
         if quantum:
             print("Library stage before QM: %s (%s)" % ("yes" if staged else "no", why),
                   file=log)
@@ -328,14 +331,25 @@ Outputs <prefix>.pdb, .cif, .log, .json; a checkpoint after every macro-cycle
             self.mode, self.params.qm_restraints.restraints, self.params.qm_restraints.engine,
             self.params.qm_restraints.selection)
 
-    def _library_stage(self, model, quantum):
+    def _library_stage(self, model, quantum, fragments_on):
         p = self.params
-        fragments_on = quantum and fragmentation.fragments_enabled(
-            p.fragments, model.get_number_of_atoms(), p.qm_restraints.selection)
         unrestrained = [label for label, _ in qm_rm.residues_without_restraints(model)] \
             if quantum else []
         return stages.use_library_stage(p.refinement, quantum, self.mode != "geometry",
                                         fragments_on, unrestrained)
+
+    def _local_iterations(self, quantum, fragments_on, log):
+        """Resolve refinement.qm_local_iterations (Auto) and say it."""
+        p = self.params
+        k, why = stages.local_iterations(p.refinement, quantum, fragments_on,
+                                         p.qm_restraints.engine)
+        p.refinement.qm_local_iterations = k
+        if quantum:
+            where = "weight trials" if p.refinement.qm_local_scope == "weight_trials" \
+                else "weight trials and macro-cycles"
+            print("Local QM models: %s (%s)" % (
+                "%d L-BFGS steps per QM gradient in the %s" % (k, where) if k else "no", why),
+                file=log)
 
     def _stage_factory(self, model, log):
         def make(quantum, refinement_params, checkpoint, state, fmodel):

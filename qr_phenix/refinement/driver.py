@@ -166,7 +166,9 @@ class MacroCycleRefinement:
     def _local_iterations(self):
         """L-BFGS iterations per QM gradient on the local model of the QM
         energy (qm_expansion.py); 0: a QM gradient at every evaluation."""
-        wanted = max(0, self.params.qm_local_iterations or 0) if self.quantum else 0
+        wanted = self.params.qm_local_iterations if self.quantum else 0
+        # Auto is resolved by the program (stages.local_iterations)
+        wanted = max(0, wanted) if isinstance(wanted, int) else 0
         if not wanted:
             return 0
         grm = self.model.get_restraints_manager().geometry

@@ -69,23 +69,25 @@ qm_trial_iterations = 10
   .help = "L-BFGS iterations of each weight trial with QM restraints, in the \
            QM stage and in QM runs without a library stage (the macro-cycles \
            use max_iterations; library trials too)"
-qm_local_iterations = 0
+qm_local_iterations = Auto
   .type = int
-  .help = "L-BFGS iterations per QM gradient: between QM gradients the \
-           minimiser steps on the QM energy to first order about the last QM \
-           point plus GFN-FF's curvature (xtb program; \
-           qr_phenix/qm_expansion.py), and the next QM gradient is taken where \
-           those steps end; macro-cycles then run 2 x max_iterations. 0 \
-           (default): a QM gradient at every step. 10 took 7-11x fewer QM \
-           gradients on the fast path (1va7 15-23, 3kyi 15-23) with R-free \
-           0.002-0.003 above exact QM; in the 1us0 study far starts fall \
-           short of exact QM more often (docs/refinement.md)"
-qm_local_scope = *all weight_trials
+  .help = "L-BFGS iterations per QM gradient in the minimisations that \
+           qm_local_scope names: between QM gradients the minimiser steps on \
+           the QM energy to first order about the last QM point plus \
+           GFN-FF's curvature (xtb program; qr_phenix/qm_expansion.py), and \
+           the next QM gradient is taken where those steps end. 0: a QM \
+           gradient at every step. Auto: 10 in the weight trials when the QM \
+           energy comes from fragments (whole entries) and GFN-FF was \
+           measured to fit the engine (GFN2), else 0; 3kyi then took 109 QM \
+           gradients instead of 168 at R-free +0.0009 (docs/refinement.md)"
+qm_local_scope = all *weight_trials
   .type = choice
-  .help = "Where qm_local_iterations applies: all minimisations, or the \
-           weight trials only (each then costs about one QM gradient), with \
-           the macro-cycles taking a QM gradient at every step over \
-           max_iterations, so the model handed back is refined on QM itself"
+  .help = "Where qm_local_iterations applies: the weight trials only (each \
+           then costs about one QM gradient; the macro-cycles take a QM \
+           gradient at every step, so the model handed back is refined on QM \
+           itself), or all minimisations (macro-cycles of 2 x max_iterations \
+           on local models: 7-11x fewer QM gradients than exact QM, R-free \
+           0.002-0.003 above it on 1va7 and 3kyi)"
 qm_extra_trials = 3
   .type = int
   .help = "QM stage: at most this many trials toward stronger restraints \
@@ -111,6 +113,28 @@ def use_library_stage(params, quantum, uses_data, fragments_on, unrestrained):
             return True, "QM from fragments (each gradient costs seconds)"
         return False, "whole-model QM of a small model"
     return bool(wanted), "refinement.library_stage=%s" % bool(wanted)
+
+
+#: qm_local_iterations=Auto with fragments: a 10-iteration weight trial is one
+#: local model about the trials' common start, so the trials cost ~1 QM
+#: gradient in all (3kyi: 5 trials, 1 gradient, where exact ones took ~55)
+AUTO_LOCAL_ITERATIONS = 10
+
+
+def local_iterations(params, quantum, fragments_on, engine):
+    """(k, why) for refinement.qm_local_iterations: k L-BFGS steps per QM
+    gradient where qm_local_scope says, 0 for a QM gradient at every step."""
+    from qr_phenix import qm_expansion
+    wanted = params.qm_local_iterations
+    if not quantum:
+        return 0, "library restraints only"
+    if wanted is not None and wanted is not Auto:
+        return max(0, int(wanted)), "refinement.qm_local_iterations=%s" % wanted
+    if not fragments_on:
+        return 0, "whole-model QM of a small model: a QM gradient costs little"
+    if engine not in qm_expansion.MEASURED_ENGINES:
+        return 0, "GFN-FF's curvature was not measured to fit %s's" % engine
+    return AUTO_LOCAL_ITERATIONS, "QM from fragments, where each gradient costs seconds"
 
 
 def qm_r_free_ceiling(input_r_free, library_r_free, limits):
