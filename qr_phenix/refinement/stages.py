@@ -11,8 +11,9 @@ iterations then, 10 now).  With `library_stage` on:
 1. library stage: the whole library protocol (weight search every cycle,
    B, the never-worse choice) until it converges or stops;
 2. QM stage: from the model the library stage hands back, short weight
-   trials (`qm_weight_trials`, `qm_trial_iterations` iterations each) and
-   up to `qm_macro_cycles` macro-cycles with QM restraints, stopping when
+   trials (`qm_weight_trials`, `qm_trial_iterations` iterations each; on
+   local QM models by default, `local_iterations`) and up to
+   `qm_macro_cycles` macro-cycles with QM restraints, stopping when
    QM_STALE_CYCLES cycles brought neither a better model nor (X-ray) a
    lower R-free (X-ray: not while the next cycle tries stronger restraints
    after an over-fitted one).
