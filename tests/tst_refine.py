@@ -380,6 +380,50 @@ def test_data_weight_is_never_raised_back_to_a_weight_that_over_fitted(helix_pdb
     assert result.over_fitting_scale == 2
 
 
+def test_trials_shorter_than_the_cycles_mark_any_gap_over_the_limit(helix_pdb):
+    """A weight whose trial gap is over the limit by less than the noise is
+    tried again by data x2 when the trials are as long as the cycles, and
+    not when they are shorter (QM trials: their gap grows with iterations)."""
+    from types import SimpleNamespace
+    from qr_phenix.monomer_library import process_model
+    from qr_phenix.refinement import driver
+    from qr_phenix.refinement import statistics as stats_mod
+    from qr_phenix.refinement.weights import Limits
+    model = process_model(helix_pdb)
+    bonds, _ = driver.stats_mod.HeavyAtomGeometry(model)(model.get_sites_cart())
+    just_over = 0.05 + driver.GAP_STEP_MIN / 2
+
+    class JustOverAtTwo(driver.MacroCycleRefinement):
+        scale = None      # the weight the model in hand was refined with
+
+        def minimise(self, scale):
+            self.scale = scale
+
+        def get_state(self):
+            return dict(super().get_state(), scale=self.scale)
+
+        def set_state(self, state):
+            super().set_state(state)
+            self.scale = state["scale"]
+
+        def measure(self, cycle):
+            gap = just_over if (self.scale or 0) >= 2 else 0.02
+            return stats_mod.CycleStats(cycle=cycle, r_work=0.25 - gap, r_free=0.25)
+
+    def weights(quantum):
+        params = SimpleNamespace(macro_cycles=3, max_iterations=2, qm_trial_iterations=1,
+                                 qm_local_iterations=0, weight_trials=[1.0, 2.0],
+                                 r_tolerance=-1.0, shift_tolerance=-1.0, anneal="off",
+                                 weight_search="first")
+        loose = Limits(bond_rmsd=bonds / 0.3, angle_rmsd=90.0, gap=0.05, gap_fixed=True)
+        run = JustOverAtTwo(model, params, loose, quantum=quantum, log=null_out())
+        assert (run.trial_iterations < run.cycle_iterations) == quantum
+        return [c.weight for c in run.run().cycles]
+
+    assert weights(quantum=False) == [1, 2, 1]
+    assert weights(quantum=True) == [1, 1, 1]
+
+
 def test_map_cycle_with_new_clashes_restarts_from_best_with_stronger_restraints(helix_pdb):
     """Maps: a cycle whose clashscore rises over the start's is over-fitted:
     restraints x2, and the next cycle starts from the best model so far, not

@@ -644,11 +644,16 @@ class MacroCycleRefinement:
         (GAP_STEP_MIN) marks a weight that over-fits, which data x2 must not
         go back to: 3kyi, GFN2 after the library stage, took data x2 from
         the chosen 1/64 (gap 0.060) to 1/32, whose trial had shown gap 0.068,
-        and the cycle over-fitted (gap 0.093, R-free 0.3107 -> 0.3190)."""
+        and the cycle over-fitted (gap 0.093, R-free 0.3107 -> 0.3190).
+        Trials shorter than the cycles (QM: 10 iterations against 25) mark
+        it when over the limit at all, as the gap grows with the iterations:
+        1va7, GFN2, trials 1/32 gap 0.061 and 1/64 0.054, cycles from one
+        model 0.073 and 0.061; data x2 to 1/32 cost a cycle."""
         if self.score != "r_free":
             return
+        noise = GAP_STEP_MIN if self.trial_iterations >= self.cycle_iterations else 0.0
         over = [t.scale for t in trials if t.gap is not None
-                and t.gap > self.limits.gap_allowed(t.r_free) + GAP_STEP_MIN]
+                and t.gap > self.limits.gap_allowed(t.r_free) + noise]
         known = [] if result.over_fitting_scale is None else [result.over_fitting_scale]
         if over:
             result.over_fitting_scale = min(over + known)

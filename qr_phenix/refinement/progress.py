@@ -67,6 +67,21 @@ class PlannedStep:
     local_iterations: int = 0  # L-BFGS steps per QM gradient (local QM models); 0: one per step
 
 
+@dataclass(frozen=True)
+class FinishedStep:
+    """A minimisation that ran: what the estimate for the steps to come is
+    calibrated from."""
+    overhead: float            # seconds outside the QM engine
+    iterations: int            # its iteration limit
+    local_iterations: int      # as PlannedStep
+    calls: int                 # QM gradients it took
+
+    @property
+    def expansions(self):
+        """Local QM models it was planned to take (one per local_iterations steps)."""
+        return -(-self.iterations // self.local_iterations)
+
+
 @dataclass
 class Plan:
     """The minimisations still to come and where the run may stop.
@@ -133,11 +148,7 @@ class CostReporter:
         self.gradient_times = []
         self.calls_done = 0
         self.calls_outside_steps = 0
-        # finished steps with a QM gradient at every iteration: their calls and
-        # iteration limits; on local models: their calls and expansions
-        self.exact_calls = self.exact_iterations = 0
-        self.local_calls = self.local_expansions = 0
-        self.step_overheads = []      # (seconds outside the engine, iterations, k) per finished step
+        self.finished_steps = []      # FinishedStep, in order
         self.cycle = None             # the macro-cycle under way
         self.cycle_t0 = None
         self.cycle_step_wall = 0.0    # wall time of its finished minimisations
@@ -189,15 +200,10 @@ class CostReporter:
         if self.step_t0 is None:
             return
         wall = self.clock() - self.step_t0
-        k = self.step_local_iterations
-        self.step_overheads.append((max(0.0, wall - self.step_engine), self.step_iterations, k))
+        self.finished_steps.append(FinishedStep(
+            max(0.0, wall - self.step_engine), self.step_iterations,
+            self.step_local_iterations, self.step_calls))
         self.cycle_step_wall += wall
-        if k:
-            self.local_calls += self.step_calls
-            self.local_expansions += -(-self.step_iterations // k)
-        else:
-            self.exact_calls += self.step_calls
-            self.exact_iterations += self.step_iterations
         self.step_calls = 0
         self.step_t0 = None
 
@@ -267,21 +273,28 @@ class CostReporter:
         recent = times if len(times) <= warm_up else times[warm_up:][-RECENT:]
         return sum(recent) / len(recent) if recent else 0.0
 
+    def _finished(self, local):
+        """The finished steps on local QM models (local=True) or with a QM
+        gradient at every iteration."""
+        return [step for step in self.finished_steps if bool(step.local_iterations) == local]
+
     def calls_per_iteration(self):
         """QM gradients per iteration of the finished steps that took one at
         every iteration."""
-        if self.exact_iterations == 0:
+        exact = self._finished(local=False)
+        iterations = sum(step.iterations for step in exact)
+        if iterations == 0:
             return self.calls_per_iteration_guess
-        return self.exact_calls / float(self.exact_iterations)
+        return sum(step.calls for step in exact) / float(iterations)
 
     def overhead_per_iteration(self, local_iterations=0):
         """Seconds per iteration outside the QM engine, from finished steps of
         the same kind: on local models each iteration adds GFN-FF calls
         (1va7: most of a local step's time), so they are measured apart."""
-        same = [(t, n) for t, n, k in self.step_overheads if bool(k) == bool(local_iterations)]
-        iterations = sum(n for _, n in same)
+        same = self._finished(local=bool(local_iterations))
+        iterations = sum(step.iterations for step in same)
         if iterations:
-            return sum(t for t, _ in same) / iterations
+            return sum(step.overhead for step in same) / iterations
         return self.iteration_overhead_guess
 
     def overhead_per_cycle(self):
@@ -310,8 +323,10 @@ class CostReporter:
         # and find its gradient cached (1us0 helix: 1-2 QM gradients for 5
         # trials; the ratio taken as it came expected 11 gradients for a run
         # that took 23)
-        per_expansion = max(1.0, self.local_calls / float(self.local_expansions)) \
-            if self.local_expansions else 1.0
+        local = self._finished(local=True)
+        expansions = sum(step.expansions for step in local)
+        per_expansion = max(1.0, sum(step.calls for step in local) / float(expansions)) \
+            if expansions else 1.0
         return -(-iterations // k) * per_expansion
 
     def remaining_gradients(self, which="all"):

@@ -35,6 +35,7 @@ import time
 from libtbx import Auto
 from libtbx.utils import Sorry
 
+from qr_phenix import qm_expansion
 from qr_phenix.refinement import best_model
 from qr_phenix.refinement.checkpoint import Checkpoint
 from qr_phenix.refinement.driver import RefinementResult
@@ -125,7 +126,6 @@ AUTO_LOCAL_ITERATIONS = 10
 def local_iterations(params, quantum, fragments_on, engine):
     """(k, why) for refinement.qm_local_iterations: k L-BFGS steps per QM
     gradient where qm_local_scope says, 0 for a QM gradient at every step."""
-    from qr_phenix import qm_expansion
     wanted = params.qm_local_iterations
     if not quantum:
         return 0, "library restraints only"
