@@ -121,6 +121,25 @@ def test_mopac_mozyme_gradient(helix):
     assert rel < 5e-3
 
 
+def test_mopac_out_and_aux_give_the_same_result(helix):
+    """Without MOZYME the result is read from the .out (no .aux written);
+    with it from the .aux.  One run that writes both: the two readers agree
+    to the .out's digits (1e-5 kcal/mol, 1e-6 kcal/mol/A), atom by atom."""
+    from qr_phenix.engines.mopac import read_aux
+    symbols, positions = helix
+    calc = calculator("pm7")
+    assert "AUX" not in calc.keywords()
+    assert {"AUX(PRECISION=9)", "MOZYME"} <= set(
+        calculator("pm7", mozyme=True).keywords().split())
+    keywords = calc.keywords
+    calc.keywords = lambda retry=False: keywords(retry) + " AUX(PRECISION=9)"
+    from_out = energy_and_gradient(calc, symbols, positions)
+    energy, gradient = read_aux(calc.scratch.file("job.aux"), len(symbols))
+    assert from_out.energy == pytest.approx(energy, abs=1e-4)
+    assert np.abs(from_out.gradient - gradient).max() < 1e-5
+    assert np.abs(gradient).max() > 10.0
+
+
 def test_ase_engine_by_import_path(helix):
     symbols, positions = helix
     calc = calculator("ase", calculator="ase.calculators.emt:EMT")
