@@ -7,6 +7,7 @@ with a reason that names it.
 
 import numpy as np
 import pytest
+from ase.data import chemical_symbols
 from libtbx.utils import Sorry
 
 from qr_phenix import units
@@ -125,19 +126,34 @@ def test_mopac_out_and_aux_give_the_same_result(helix):
     """Without MOZYME the result is read from the .out (no .aux written);
     with it from the .aux.  One run that writes both: the two readers agree
     to the .out's digits (1e-5 kcal/mol, 1e-6 kcal/mol/A), atom by atom."""
-    from qr_phenix.engines.mopac import read_aux
+    from qr_phenix.engines.mopac import read_out
     symbols, positions = helix
     calc = calculator("pm7")
     assert "AUX" not in calc.keywords()
     assert {"AUX(PRECISION=9)", "MOZYME"} <= set(
         calculator("pm7", mozyme=True).keywords().split())
-    keywords = calc.keywords
-    calc.keywords = lambda retry=False: keywords(retry) + " AUX(PRECISION=9)"
-    from_out = energy_and_gradient(calc, symbols, positions)
-    energy, gradient = read_aux(calc.scratch.file("job.aux"), len(symbols))
-    assert from_out.energy == pytest.approx(energy, abs=1e-4)
-    assert np.abs(from_out.gradient - gradient).max() < 1e-5
+    numbers = [chemical_symbols.index(e) for e in symbols]
+    energy, gradient = calc._run_mopac(numbers, positions, retry=False, aux=True)
+    energy_out, gradient_out = read_out(calc.scratch.file("job.out"), len(symbols))
+    assert energy_out == pytest.approx(energy, abs=1e-4)
+    assert np.abs(gradient_out - gradient).max() < 1e-5
     assert np.abs(gradient).max() > 10.0
+
+
+def test_mopac_gradient_too_wide_for_the_out_is_read_from_the_aux(helix):
+    """Two helix atoms 0.52 A apart, as a line search probed in the 1us0
+    study: the .out prints a 1.2e5 kcal/mol/A gradient as asterisks."""
+    from qr_phenix.engines.mopac import read_out
+    symbols, positions = helix
+    p = positions.copy()
+    bond = p[88] - p[87]                       # C=O of the last residue
+    p[88] = p[87] + 0.52 * bond / np.linalg.norm(bond)
+    calc = calculator("pm7")
+    result = energy_and_gradient(calc, symbols, p)
+    with pytest.raises(ValueError, match="282 expected|expected 282"):
+        read_out(calc.scratch.file("job.out"), len(symbols))
+    assert np.isfinite(result.gradient).all()
+    assert np.abs(result.gradient).max() > 1e5
 
 
 def test_ase_engine_by_import_path(helix):

@@ -117,12 +117,14 @@ class MopacCalculator(EngineCalculator):
             raise EngineError("MOPAC MOZYME is closed-shell only: multiplicity %d needs"
                               " mozyme=False" % settings.multiplicity)
 
-    def keywords(self, retry=False):
+    def keywords(self, retry=False, aux=False):
         s = self.settings
         words = [METHODS[self.method], "1SCF", "GRADIENTS", "PRECISE",
                  "CHARGE=%d" % int(s.charge), "THREADS=%d" % max(1, int(s.threads))]
         if s.mozyme:
-            words += ["MOZYME", "AUX(PRECISION=9)"]
+            words.append("MOZYME")
+        if aux or s.mozyme:
+            words.append("AUX(PRECISION=9)")
         if s.multiplicity > 1:
             if s.multiplicity not in _MULTIPLICITY_WORDS:
                 raise EngineError("MOPAC: multiplicity %d is not supported" % s.multiplicity)
@@ -134,28 +136,44 @@ class MopacCalculator(EngineCalculator):
         words.append(RETRY_KEYWORDS if retry else "ITRY=%d" % max(1, s.max_iterations))
         return " ".join(words)
 
-    def _write_input(self, numbers, positions, retry):
+    def _write_input(self, numbers, positions, retry, aux):
         with open(self.scratch.file("job.mop"), "w") as f:
-            f.write(self.keywords(retry) + "\nqr_phenix\n\n")
+            f.write(self.keywords(retry, aux) + "\nqr_phenix\n\n")
             for z, (x, y, zz) in zip(numbers, positions):
                 f.write("%-2s %20.12f 1 %20.12f 1 %20.12f 1\n"
                         % (chemical_symbols[z], x, y, zz))
 
+    def _run_mopac(self, numbers, positions, retry, aux):
+        """One MOPAC run; (heat of formation, gradient) from the .aux when
+        aux, else from the .out.  Sets self._proc."""
+        self.scratch.remove("job.aux", "job.out", "job.arc")
+        self._write_input(numbers, positions, retry, aux)
+        self._proc = subprocess.run(
+            [self.binary, "job.mop"], cwd=self.scratch.path, env=self._env(),
+            stdin=subprocess.DEVNULL, capture_output=True, text=True)
+        if aux:
+            return read_aux(self.scratch.file("job.aux"), len(numbers))
+        return read_out(self.scratch.file("job.out"), len(numbers))
+
+    def _run_and_read(self, numbers, positions, retry):
+        """The .out, or the .aux where the .out cannot carry the result:
+        MOZYME's gradient digits, or a gradient too wide for its field (a
+        line search's probe with two helix atoms 0.52 A apart printed
+        asterisks); a failed SCF reaches the .aux run and fails there too."""
+        if not self.settings.mozyme:
+            try:
+                return self._run_mopac(numbers, positions, retry, aux=False)
+            except ValueError:
+                pass
+        return self._run_mopac(numbers, positions, retry, aux=True)
+
     def _compute(self, numbers, positions):
         errors = []
         for retry in (False, True):
-            self.scratch.remove("job.aux", "job.out", "job.arc")
-            self._write_input(numbers, positions, retry)
-            proc = subprocess.run(
-                [self.binary, "job.mop"], cwd=self.scratch.path, env=self._env(),
-                stdin=subprocess.DEVNULL, capture_output=True, text=True)
             try:
-                if self.settings.mozyme:
-                    energy, gradient = read_aux(self.scratch.file("job.aux"), len(numbers))
-                else:
-                    energy, gradient = read_out(self.scratch.file("job.out"), len(numbers))
+                energy, gradient = self._run_and_read(numbers, positions, retry)
             except (OSError, ValueError) as e:
-                message = self._error_message(proc) or str(e)
+                message = self._error_message(self._proc) or str(e)
                 errors.append("%s: %s" % ("retry (%s)" % RETRY_KEYWORDS if retry
                                           else "first SCF", message))
                 self.retry_log.append(errors[-1])
