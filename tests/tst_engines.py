@@ -150,7 +150,7 @@ def test_mopac_gradient_too_wide_for_the_out_is_read_from_the_aux(helix):
     p[88] = p[87] + 0.52 * bond / np.linalg.norm(bond)
     calc = calculator("pm7")
     result = energy_and_gradient(calc, symbols, p)
-    with pytest.raises(ValueError, match="282 expected|expected 282"):
+    with pytest.raises(ValueError, match="expected 282"):
         read_out(calc.scratch.file("job.out"), len(symbols))
     assert np.isfinite(result.gradient).all()
     assert np.abs(result.gradient).max() > 1e5

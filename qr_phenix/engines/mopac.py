@@ -7,17 +7,19 @@ gradients to 1e-3 only, so MOZYME runs add AUX(PRECISION=9) and read the
 .aux; without MOZYME the .aux (1.3 MB of overlap and density matrices for
 the 94-atom helix) costs 13 % of a PM7 gradient (MOPAC 22.0.6, 1 thread:
 0.251 s with it, 0.219 s without).  PRECISE stays: without it the same
-PM7 call takes 0.184 s, but the PM6 gradient departs from central
-differences of the energy by 1.8e-3 (relative) instead of 2e-4.
+PM7 call takes 0.184 s, but the gradients depart further from central
+differences of the energy (relative): PM6 1.8e-3 instead of 2e-4, PM7 at
+a helix geometry off its kinks (0.05 A noise) 4e-4 instead of 3e-5.
 
 Measured on the 94-atom helix (tests/tst_engines.py), relative error of the
 analytic gradient against central differences of the energy: PM6 1.7e-4
-(exact to the .out's energy digits: 3e-5 from the .aux); PM6-D3H4 4e-4 to 1.1e-3, up to 0.05 kcal/mol/A on H-bonded
-N, O, H; PM7 8e-3 to 5e-2 depending on the atoms sampled, up to 2.3
-kcal/mol/A on a backbone N, where the finite difference itself changes with
-the step (the PM7 energy surface has kinks).  MOZYME adds about 2e-3 of SCF
-noise.  These are MOPAC's own gradients (the same parsing gives exact PM6),
-so prefer pm6 or an xTB engine where gradient consistency matters.
+(exact to the .out's energy digits; 3e-5 from the .aux); PM6-D3H4 4e-4 to
+1.1e-3, up to 0.05 kcal/mol/A on H-bonded N, O, H; PM7 8e-3 to 5e-2
+depending on the atoms sampled, up to 2.3 kcal/mol/A on a backbone N, where
+the finite difference itself changes with the step (the PM7 energy surface
+has kinks).  MOZYME adds about 2e-3 of SCF noise.  These are MOPAC's own
+gradients (the same parsing gives exact PM6), so prefer pm6 or an xTB engine
+where gradient consistency matters.
 """
 
 import logging
@@ -74,7 +76,8 @@ def read_out(path, natoms):
     if not hof or table < 0:
         raise ValueError("no final heat of formation and gradients in %s" % path)
     rows = re.findall(r"CARTESIAN [XYZ]\s+\S+\s+(\S+)\s+KCAL/ANGSTROM", text[table:])
-    # a field too wide for its format prints as asterisks: float() refuses it
+    # a value too wide for its field prints as asterisks: the row no longer
+    # matches, or float() refuses it
     return float(hof[-1]), _gradient_array([float(v) for v in rows], path, natoms)
 
 
@@ -113,6 +116,7 @@ class MopacCalculator(EngineCalculator):
         self.engine_name = "MOPAC %s%s" % (METHODS[method], " MOZYME" if settings.mozyme else "")
         self.binary = find_binary(settings.binary, "mopac", INSTALL_HINT, "mopac")
         self.scratch = ScratchDir(settings.workdir, prefix="qr_mopac_")
+        self._proc = None          # the last MOPAC run, for its error message
         if settings.mozyme and settings.multiplicity != 1:
             raise EngineError("MOPAC MOZYME is closed-shell only: multiplicity %d needs"
                               " mozyme=False" % settings.multiplicity)
@@ -208,7 +212,8 @@ class MopacCalculator(EngineCalculator):
                                     "NOT RECOGNI", "CANNOT", "ILLEGAL")):
                 keep.append(clean)
         if not keep:
-            keep = [tail(text + "\n" + proc.stdout + "\n" + proc.stderr, 5)]
+            streams = proc.stdout + "\n" + proc.stderr if proc is not None else ""
+            keep = [tail(text + "\n" + streams, 5)]
         return " | ".join(list(dict.fromkeys(keep))[:4])
 
 
