@@ -65,6 +65,10 @@ def _gradient_array(values, path, natoms):
     return np.array(values).reshape(natoms, 3)
 
 
+class UnreadableGradientTable(ValueError):
+    """The .out ended with its result, but the gradient table cannot be read."""
+
+
 def read_out(path, natoms):
     """(heat of formation kcal/mol, gradient (n, 3) kcal/mol/A) from a .out
     file of a 1SCF GRADIENTS run without MOZYME: the FINAL POINT AND
@@ -76,9 +80,12 @@ def read_out(path, natoms):
     if not hof or table < 0:
         raise ValueError("no final heat of formation and gradients in %s" % path)
     rows = re.findall(r"CARTESIAN [XYZ]\s+\S+\s+(\S+)\s+KCAL/ANGSTROM", text[table:])
-    # a value too wide for its field prints as asterisks: the row no longer
-    # matches, or float() refuses it
-    return float(hof[-1]), _gradient_array([float(v) for v in rows], path, natoms)
+    try:
+        return float(hof[-1]), _gradient_array([float(v) for v in rows], path, natoms)
+    except ValueError as e:
+        # a value too wide for its field prints as asterisks: the row no
+        # longer matches, or float() refuses it
+        raise UnreadableGradientTable(str(e)) from e
 
 
 def read_aux(path, natoms):
@@ -163,11 +170,11 @@ class MopacCalculator(EngineCalculator):
         """The .out, or the .aux where the .out cannot carry the result:
         MOZYME's gradient digits, or a gradient too wide for its field (a
         line search's probe with two helix atoms 0.52 A apart printed
-        asterisks); a failed SCF reaches the .aux run and fails there too."""
+        asterisks).  A run without a result (failed SCF) is not repeated."""
         if not self.settings.mozyme:
             try:
                 return self._run_mopac(numbers, positions, retry, aux=False)
-            except ValueError:
+            except UnreadableGradientTable:
                 pass
         return self._run_mopac(numbers, positions, retry, aux=True)
 
