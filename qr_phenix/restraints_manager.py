@@ -40,11 +40,12 @@ library term (a cap H with region atoms); they are part of the QM model.
 Whole model from fragments (qr_phenix.fragmentation): buffers hold symmetry
 images, so QM sees the mates and T = scale * (E_QM - E_0) alone.
 
-With qm_restraints.oxygen_carbon_repulsion (default) the QM term is
-scale * (E_QM - E_0 + E_OC): E_OC, a harmonic wall between O and C atoms of
-R closer than 0.88 x their library distance (OC_REPULSION below; GFN2 packs
-carbonyl O...C contacts that clashscore counts as clashes), is reported as
-`oxygen_carbon_repulsion` beside `qm_energy`.
+With qm_restraints.oxygen_carbon_repulsion and hydrogen_contact_repulsion
+(both default) the QM term is scale * (E_QM - E_0 + E_wall): E_wall, harmonic
+walls between O and C, H and H, and C-bound H and O atoms of R closer than
+0.88, 0.80 and 0.84 x their library distance (ContactRepulsion below; GFN2
+lets the X-ray term push such contacts into what clashscore counts as
+clashes), is reported as `contact_repulsion` beside `qm_energy`.
 
 E_0 is the QM energy of the first evaluation: a constant that keeps target
 values small (it cancels in gradients, in weights and in line searches).
@@ -152,6 +153,15 @@ oxygen_carbon_repulsion = True
            carbonyl O(i)...C(i+1) and Asp OD1...C contacts to 2.6-2.7 A, \
            which all-atom clashscore counts as clashes (below 2.75 A)"
   .short_caption = O...C repulsion
+hydrogen_contact_repulsion = True
+  .type = bool
+  .help = "Add harmonic repulsions between H and H atoms below 0.80 x the \
+           library's van der Waals distance (1.92 A) and between H bonded \
+           to C and O below 0.84 x (2.28 A; polar H...O, H-bonds, is not \
+           touched) to the QM energy. Against the X-ray term GFN2 lets \
+           methyl H...H contacts close to 1.5-1.6 A and C-H...O to 2.1 A, \
+           which all-atom clashscore counts as clashes"
+  .short_caption = H...H and C-H...O repulsion
 %(engine_options)s"""
 
 
@@ -169,19 +179,38 @@ master_phil_str = qm_restraints_phil_str()
 phil_scope = iotbx.phil.parse(master_phil_str)
 
 
-# oxygen_carbon_repulsion: O...C pairs of the library's nonbonded list (not
-# bonded, no angle between them; 1-4 pairs have shorter distances) closer
-# than 0.88 x their library distance.  Carbonyl O...C is 3.22 A in the
-# library, so the wall starts at 2.83 A; probe2 counts a carbonyl O...C
-# below 2.75 A as a clash (radii 1.40 + 1.75 A, overlap 0.4 A), and a
-# helix's O(i)...C(i+1) at 2.9-3.0 A is untouched.  GFN2 (fragments,
-# implicit water) packs such pairs to 2.6-2.7 A: 10 of the 28 clashes of
-# 1va7's QM model, 4 of the 7 a geometry-only minimisation of a library
-# chain made.  A harmonic term 100 (r0 - r)^2 kcal/mol stops that; the
-# library's own quartic term (16 (r0 - r)^4) is ~0.01 kcal/mol there.
+# Contact walls on top of QM: harmonic repulsion WALL_STIFFNESS (r0 - r)^2
+# kcal/mol between atoms of the library's nonbonded list (not bonded, no
+# angle between them; 1-4 pairs have shorter library distances) closer than
+# r0 = fraction x their library distance.  Each wall starts ~0.1 A outside
+# the distance at which probe2's all-atom clashscore counts the pair (overlap
+# 0.4 A), where the QM energy (fragments, implicit water) is too soft to
+# stop the X-ray term from pushing the pair in at 3-4 A resolution.
+WALL_STIFFNESS = 100.0
+# oxygen_carbon_repulsion.  Carbonyl O...C is 3.22 A in the library: the
+# wall starts at 2.83 A, probe2 counts a clash below 2.75 A (radii 1.40 +
+# 1.75 A), a helix's O(i)...C(i+1) at 2.9-3.0 A is untouched.  GFN2 packs
+# such pairs to 2.6-2.7 A: 10 of the 28 clashes of 1va7's QM model, 4 of the
+# 7 a geometry-only minimisation of a library chain made.  The library's own
+# quartic term (16 (r0 - r)^4) is ~0.01 kcal/mol there.
 OC_DISTANCE_FRACTION = 0.88
-OC_REPULSION = geometry_restraints.prolsq_repulsion_function(
-    c_rep=100.0, k_rep=OC_DISTANCE_FRACTION, irexp=1, rexp=2)
+# hydrogen_contact_repulsion, H...H: 2.40 A in the library, wall from
+# 1.92 A; probe2 counted 1va7's QM-model pairs at 1.53-1.80 A as clashes,
+# not those at 1.85 A and beyond.  GFN2 costs a head-on CH4 dimer 2.6
+# kcal/mol at 1.6 A (MP2/aug-cc-pVDZ 2.1), less than the X-ray term gains
+# by pushing methyls together: 5 of the 16 clashes of that model.
+HH_DISTANCE_FRACTION = 0.80
+# hydrogen_contact_repulsion, C-H...O: 2.72 A in the library (polar H...O,
+# 2.12 A, H-bonds, is not walled), wall from 2.28 A; probe2 counted that
+# model's pairs at 2.11-2.21 A as clashes (10 of 16).  GFN2 is too soft
+# here: CH4...OH2 with C-H pointing at O costs 0.0 / 2.2 kcal/mol at 2.0 /
+# 1.8 A, MP2/aug-cc-pVDZ 1.0 / 4.2.
+CH_O_DISTANCE_FRACTION = 0.84
+
+
+def _wall(fraction):
+    return geometry_restraints.prolsq_repulsion_function(
+        c_rep=WALL_STIFFNESS, k_rep=fraction, irexp=1, rexp=2)
 
 
 def region_mask(n, region_atoms=None):
@@ -191,44 +220,84 @@ def region_mask(n, region_atoms=None):
     return inside
 
 
-class OxygenCarbonRepulsion:
-    """OC_REPULSION over the library's nonbonded O...C pairs whose both atoms
-    are in `inside` (the QM region: the library keeps the other contacts),
-    symmetry mates included.  energy(standard, sites_cart, gradients) takes
-    the pairs from the library manager `standard`, adds its gradient into
-    `gradients` (a vec3_double, or None) and returns the energy."""
+class ContactRepulsion:
+    """Contact walls (above) over the library's nonbonded pairs whose both
+    atoms are in `inside` (the QM region: the library keeps the other
+    contacts), symmetry mates included.  oxygen_carbon: the O...C wall;
+    hydrogens: the H...H and C-H...O walls.  energy(standard, sites_cart,
+    gradients) takes the pairs from the library manager `standard`, adds its
+    gradient into `gradients` (a vec3_double, or None) and returns the
+    energy."""
 
-    def __init__(self, elements, inside):
-        kind = np.array([{"O": 1, "C": 2}.get(e, 0) for e in elements])
-        self.kind = np.where(inside, kind, 0)
-        # the O...C pairs picked from the library's pair list, kept while the
+    # atom kinds; a wall holds the pairs whose kinds multiply to its key
+    O, C, H_ON_C, H_OTHER = 2, 3, 5, 7
+
+    def __init__(self, elements, inside, oxygen_carbon=True, hydrogens=True):
+        self.elements = list(elements)
+        self.inside = np.asarray(inside, dtype=bool)
+        walls = {}
+        if oxygen_carbon:
+            walls[self.O * self.C] = (OC_DISTANCE_FRACTION, "O...C")
+        if hydrogens:
+            for a in (self.H_ON_C, self.H_OTHER):
+                for b in (self.H_ON_C, self.H_OTHER):
+                    walls[a * b] = (HH_DISTANCE_FRACTION, "H...H")
+            walls[self.H_ON_C * self.O] = (CH_O_DISTANCE_FRACTION, "C-H...O")
+        self.walls = walls
+        self.functions = {key: _wall(fraction) for key, (fraction, _) in walls.items()}
+        self.kind = None
+        # the pairs picked from the library's pair list, kept while the
         # library keeps that list (it rebuilds it only when atoms moved more
         # than its buffer), so most calls skip the Python loop over ~50k pairs
         self._source = None
         self._pairs = None
 
-    def _oc(self, i, j):
-        return self.kind[i] * self.kind[j] == 2
+    def describe(self):
+        """'O...C, H...H, C-H...O below 0.88, 0.8, 0.84 x library distances'"""
+        seen = {}
+        for fraction, name in self.walls.values():
+            seen.setdefault(name, fraction)
+        return "%s repulsion below %s x library distances" % (
+            ", ".join(seen), ", ".join("%g" % f for f in seen.values()))
 
-    def _oxygen_carbon_pairs(self, sorted_proxies):
+    def _kinds(self, standard):
+        # H kind from its bonded partner in the library's bond table
+        kind = np.array([{"O": self.O, "C": self.C}.get(e, 1) for e in self.elements])
+        hydrogen = np.array([e in ("H", "D") for e in self.elements])
+        kind[hydrogen] = self.H_OTHER
+        for i, row in enumerate(standard.bond_params_table):
+            for j in row.keys():
+                for h, partner in ((i, j), (j, i)):
+                    if hydrogen[h] and self.elements[partner] == "C":
+                        kind[h] = self.H_ON_C
+        return np.where(self.inside, kind, 1)
+
+    def _wall_pairs(self, standard, sorted_proxies):
         if sorted_proxies is not self._source:
-            pairs = geometry_restraints.nonbonded_sorted_asu_proxies(
-                asu_mappings=sorted_proxies.asu_mappings())
+            if self.kind is None:
+                self.kind = self._kinds(standard)
+            kind = self.kind
+            pairs = {key: geometry_restraints.nonbonded_sorted_asu_proxies(
+                asu_mappings=sorted_proxies.asu_mappings()) for key in self.walls}
             for proxy in sorted_proxies.simple:
-                if self._oc(*proxy.i_seqs):
-                    pairs.process(proxy)
+                i, j = proxy.i_seqs
+                key = kind[i] * kind[j]
+                if key in pairs:
+                    pairs[key].process(proxy)
             for proxy in sorted_proxies.asu:
-                if self._oc(proxy.i_seq, proxy.j_seq):
-                    pairs.process(proxy)
+                key = kind[proxy.i_seq] * kind[proxy.j_seq]
+                if key in pairs:
+                    pairs[key].process(proxy)
             self._source, self._pairs = sorted_proxies, pairs
         return self._pairs
 
     def energy(self, standard, sites_cart, gradients=None):
-        pairs = self._oxygen_carbon_pairs(
-            standard.pair_proxies(sites_cart=sites_cart).nonbonded_proxies)
-        return geometry_restraints.nonbonded_residual_sum(
-            sites_cart=sites_cart, sorted_asu_proxies=pairs, gradient_array=gradients,
-            function=OC_REPULSION, disable_cache=True)
+        pairs = self._wall_pairs(
+            standard, standard.pair_proxies(sites_cart=sites_cart).nonbonded_proxies)
+        return sum(geometry_restraints.nonbonded_residual_sum(
+            sites_cart=sites_cart, sorted_asu_proxies=p, gradient_array=gradients,
+            function=self.functions[key], disable_cache=True)
+            for key, p in pairs.items())
 
 
 class SingleCalculation:
@@ -360,7 +429,7 @@ class QMRestraintsManager:
 
     def __init__(self, standard, evaluator, region_atoms=None, n_atoms=None, scale=1.0,
                  engine_name="qm", charge_assignment=None, caps=(),
-                 qm_sees_symmetry=False, elements=None, shape_factory=None):
+                 qm_sees_symmetry=False, contact_walls=None, shape_factory=None):
         self.standard = standard
         self.evaluator = evaluator
         self.region_atoms = None if region_atoms is None else np.asarray(region_atoms)
@@ -370,11 +439,8 @@ class QMRestraintsManager:
         self.charge_assignment = charge_assignment
         self.caps = list(caps)
         self.qm_sees_symmetry = qm_sees_symmetry
-        # oxygen_carbon_repulsion on: the model's elements, else None
-        self.oxygen_carbon = None
-        if elements is not None:
-            self.oxygen_carbon = OxygenCarbonRepulsion(
-                elements, region_mask(len(elements), self.region_atoms))
+        # a ContactRepulsion when a wall is on, else None
+        self.contact_walls = contact_walls
         self.inner_library = None
         if self.region_atoms is not None:
             self._region_iselection = flex.size_t([int(i) for i in self.region_atoms])
@@ -551,16 +617,16 @@ class QMRestraintsManager:
         if self.energy_reference is None:
             self.energy_reference = energy
         result.qm_energy = energy
-        result.oxygen_carbon_repulsion = 0.0
-        if self.oxygen_carbon is not None:
+        result.contact_repulsion = 0.0
+        if self.contact_walls is not None:
             # part of the QM model's energy, so it takes the QM scale too
-            g_oc = flex.vec3_double(sites_cart.size(), (0, 0, 0)) if compute_gradients else None
-            result.oxygen_carbon_repulsion = self.oxygen_carbon.energy(
-                self.standard, sites_cart, g_oc)
+            g_wall = flex.vec3_double(sites_cart.size(), (0, 0, 0)) if compute_gradients else None
+            result.contact_repulsion = self.contact_walls.energy(
+                self.standard, sites_cart, g_wall)
             if compute_gradients:
-                gradient = gradient + np.array(g_oc)
+                gradient = gradient + np.array(g_wall)
         result.qm_target = self.scale * (energy - self.energy_reference
-                                         + result.oxygen_carbon_repulsion)
+                                         + result.contact_repulsion)
         result.residual_sum += result.qm_target
         if compute_gradients:
             result.gradients += flex.vec3_double(self.scale * gradient)
@@ -577,8 +643,8 @@ class QMRestraintsManager:
                 len(self.region_atoms), len(caps), self.n_atoms - len(self.region_atoms))
         print("%sQM restraints: engine %s, %s, scale %g%s" % (
             prefix, self.engine_name, what, self.scale,
-            "; O...C repulsion below %g x library distances" % OC_DISTANCE_FRACTION
-            if self.oxygen_carbon is not None else ""), file=log)
+            "; " + self.contact_walls.describe()
+            if self.contact_walls is not None else ""), file=log)
         if self.charge_assignment is not None:
             self.charge_assignment.show(log, prefix=prefix + "  ")
 
@@ -642,7 +708,11 @@ def build_qm_manager(model, params, log=sys.stdout, fragment_params=None,
             selection[region.atoms] = True
     if params.check_hydrogens:
         chemistry.check_hydrogens(hierarchy, selection)
-    oc_elements = elements if params.oxygen_carbon_repulsion else None
+    walls = None
+    if params.oxygen_carbon_repulsion or params.hydrogen_contact_repulsion:
+        walls = ContactRepulsion(elements, region_mask(n, None if region is None else region.atoms),
+                                 oxygen_carbon=params.oxygen_carbon_repulsion,
+                                 hydrogens=params.hydrogen_contact_repulsion)
     if fragment_params is not None:
         from qr_phenix import fragmentation
         if fragmentation.fragments_enabled(fragment_params, n, params.selection):
@@ -650,7 +720,7 @@ def build_qm_manager(model, params, log=sys.stdout, fragment_params=None,
                 model, params, fragment_params, parallel_params, log=log)
             return QMRestraintsManager(
                 standard=standard, evaluator=evaluator, n_atoms=n, scale=params.scale,
-                engine_name=params.engine, qm_sees_symmetry=True, elements=oc_elements,
+                engine_name=params.engine, qm_sees_symmetry=True, contact_walls=walls,
                 shape_factory=lambda: evaluator.sibling(shape_settings(evaluator.settings)))
     cap_elements = ["H"] * (len(region.caps) if region is not None else 0)
     charges = chemistry.assign_charge_and_multiplicity(
@@ -668,7 +738,7 @@ def build_qm_manager(model, params, log=sys.stdout, fragment_params=None,
         standard=standard, evaluator=evaluator,
         region_atoms=None if region is None else region.atoms, n_atoms=n,
         scale=params.scale, engine_name=params.engine, charge_assignment=charges,
-        caps=() if region is None else region.caps, elements=oc_elements,
+        caps=() if region is None else region.caps, contact_walls=walls,
         shape_factory=lambda: SingleCalculation(
             make_calculator(shape_settings(settings)), elements, region))
 

@@ -404,47 +404,85 @@ def test_replaced_terms_follow_the_documented_rule(peptide):
     assert not has(replaced.chirality, "CA", "N", "C", "CB")  # chiral centre = link atom
 
 
+class _Walls:
+    """The helix under QM restraints with one contact-wall option on and off
+    (the other options as given); `extra(sites)` is what the option adds to
+    the target, `squeezed(i, j, d)` moves atom i to d A of atom j."""
+
+    def __init__(self, helix, option, **others):
+        self.option = option
+        self.models = {}
+        for on in (False, True):
+            self.models[on] = process_model(helix, grm_normalization=False)
+            rm.setup_restraints(self.models[on], qm_params(**{option: on}, **others))
+        self.atoms = list(self.models[True].get_hierarchy().atoms())
+        self.xyz = np.array(self.models[True].get_sites_cart())
+        self.first = min(a.parent().parent().resseq_as_int() for a in self.atoms)
+        self.grm = self.models[True].get_restraints_manager().geometry
+
+    def index(self, residue, name):
+        resseq = self.first + residue
+        return next(k for k, a in enumerate(self.atoms) if a.name.strip() == name
+                    and a.parent().parent().resseq_as_int() == resseq)
+
+    def squeezed(self, i, j, d):
+        s = self.xyz.copy()
+        v = s[i] - s[j]
+        s[i] = s[j] + v / np.linalg.norm(v) * d
+        return flex.vec3_double(s)
+
+    def extra(self, sites):
+        t = {on: self.models[on].get_restraints_manager().geometry.energies_sites(
+            sites_cart=sites) for on in (False, True)}
+        return t[True].target - t[False].target
+
+    def gradient_error(self, i, j, d):
+        """|FD - analytic| / |analytic| on atoms i, j with i squeezed to d A."""
+        sites = self.squeezed(i, j, d)
+        g = np.array(self.grm.energies_sites(sites_cart=sites, compute_gradients=True).gradients)
+        fd = central_difference(self.grm, sites, [i, j])
+        an = g[[i, j]].ravel()
+        return np.linalg.norm(fd - an) / np.linalg.norm(an)
+
+
 def test_oxygen_carbon_repulsion_acts_on_squeezed_carbonyl_contacts_only(helix):
     """qm_restraints.oxygen_carbon_repulsion: a carbonyl O pushed to 2.6 A of
     the next residue's C (GFN2 packs these to 2.6-2.7 A; probe counts a clash
     below 2.75 A) costs energy on top of QM, the helix's own O(i)...C(i+1)
     and an H...H pair at 1.6 A do not; off, the term is gone; the gradient
     matches finite differences."""
-    models = {}
-    for on in (False, True):
-        models[on] = process_model(helix, grm_normalization=False)
-        rm.setup_restraints(models[on], qm_params(oxygen_carbon_repulsion=on))
-    atoms = list(models[True].get_hierarchy().atoms())
-    xyz = np.array(models[True].get_sites_cart())
-
-    def index(resseq, name):
-        return next(k for k, a in enumerate(atoms) if a.name.strip() == name
-                    and a.parent().parent().resseq_as_int() == resseq)
-
-    def squeezed(i, j, d):
-        s = xyz.copy()
-        v = s[i] - s[j]
-        s[i] = s[j] + v / np.linalg.norm(v) * d
-        return flex.vec3_double(s)
-
-    def extra(sites):
-        t = {on: models[on].get_restraints_manager().geometry.energies_sites(
-            sites_cart=sites) for on in (False, True)}
-        assert t[False].oxygen_carbon_repulsion == 0
-        return t[True].target - t[False].target
-
-    first = min(a.parent().parent().resseq_as_int() for a in atoms)
-    o, c = index(first + 1, "O"), index(first + 2, "C")
-    assert np.linalg.norm(xyz[o] - xyz[c]) > 2.85
-    assert extra(models[True].get_sites_cart()) == pytest.approx(0, abs=1e-9)
-    assert extra(squeezed(o, c, 2.6)) > 1.0
+    w = _Walls(helix, "oxygen_carbon_repulsion", hydrogen_contact_repulsion=False)
+    off = w.models[False].get_restraints_manager().geometry.energies_sites(
+        sites_cart=w.models[False].get_sites_cart())
+    assert off.contact_repulsion == 0
+    o, c = w.index(1, "O"), w.index(2, "C")
+    assert np.linalg.norm(w.xyz[o] - w.xyz[c]) > 2.85
+    assert w.extra(w.models[True].get_sites_cart()) == pytest.approx(0, abs=1e-9)
+    assert w.extra(w.squeezed(o, c, 2.6)) > 1.0
     # gentler squeeze, smaller penalty: a wall, not a constant
-    assert 0 < extra(squeezed(o, c, 2.75)) < extra(squeezed(o, c, 2.6))
-    h1, h2 = index(first + 1, "HA2"), index(first + 2, "H")
-    assert extra(squeezed(h1, h2, 1.6)) == pytest.approx(0, abs=1e-9)
-    grm = models[True].get_restraints_manager().geometry
-    sites = squeezed(o, c, 2.6)
-    g = np.array(grm.energies_sites(sites_cart=sites, compute_gradients=True).gradients)
-    fd = central_difference(grm, sites, [o, c])
-    an = g[[o, c]].ravel()
-    assert np.linalg.norm(fd - an) / np.linalg.norm(an) < 1e-3
+    assert 0 < w.extra(w.squeezed(o, c, 2.75)) < w.extra(w.squeezed(o, c, 2.6))
+    h1, h2 = w.index(1, "HA2"), w.index(2, "H")
+    assert w.extra(w.squeezed(h1, h2, 1.6)) == pytest.approx(0, abs=1e-9)
+    assert w.gradient_error(o, c, 2.6) < 1e-3
+
+
+def test_hydrogen_contact_repulsion_walls_h_h_and_ch_o_but_not_h_bonds(helix):
+    """qm_restraints.hydrogen_contact_repulsion: an H...H pair pushed to 1.6
+    A and a C-H...O pair to 2.1 A (GFN2 lets the X-ray term make both; probe
+    counts them as clashes) cost energy on top of QM; a backbone N-H...O=C
+    pair at 1.75 A (an H-bond, polar H) and a carbonyl O...C at 2.6 A (the
+    other wall's) do not; the gradient matches finite differences."""
+    w = _Walls(helix, "hydrogen_contact_repulsion", oxygen_carbon_repulsion=False)
+    h1, h2 = w.index(1, "HA2"), w.index(2, "H")           # not 1-4: HA2-CA-C-N-H
+    assert np.linalg.norm(w.xyz[h1] - w.xyz[h2]) > 2.0
+    assert w.extra(w.squeezed(h1, h2, 1.6)) > 1.0
+    assert 0 < w.extra(w.squeezed(h1, h2, 1.85)) < w.extra(w.squeezed(h1, h2, 1.6))
+    ha, o = w.index(5, "HA2"), w.index(1, "O")
+    assert w.extra(w.squeezed(ha, o, 2.1)) > 1.0
+    hn = w.index(5, "H")                                  # the helix's i+4 H-bond
+    assert w.extra(w.squeezed(hn, o, 1.75)) == pytest.approx(
+        w.extra(w.models[True].get_sites_cart()), abs=1e-9)
+    assert w.extra(w.squeezed(o, w.index(2, "C"), 2.6)) == pytest.approx(
+        w.extra(w.models[True].get_sites_cart()), abs=1e-9)
+    assert w.gradient_error(h1, h2, 1.6) < 1e-3
+    assert w.gradient_error(ha, o, 2.1) < 1e-3
