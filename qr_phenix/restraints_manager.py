@@ -253,7 +253,7 @@ class ContactRepulsion:
         self._pairs = None
 
     def describe(self):
-        """'O...C, H...H, C-H...O below 0.88, 0.8, 0.84 x library distances'"""
+        """'O...C, H...H, C-H...O repulsion below 0.88, 0.8, 0.84 x library distances'"""
         seen = {}
         for fraction, name in self.walls.values():
             seen.setdefault(name, fraction)
