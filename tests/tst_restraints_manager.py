@@ -410,7 +410,6 @@ class _Walls:
     the target, `squeezed(i, j, d)` moves atom i to d A of atom j."""
 
     def __init__(self, helix, option, **others):
-        self.option = option
         self.models = {}
         for on in (False, True):
             self.models[on] = process_model(helix, grm_normalization=False)
