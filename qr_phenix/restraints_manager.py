@@ -223,29 +223,39 @@ def region_mask(n, region_atoms=None):
 class ContactRepulsion:
     """Contact walls (above) over the library's nonbonded pairs whose both
     atoms are in `inside` (the QM region: the library keeps the other
-    contacts), symmetry mates included.  oxygen_carbon: the O...C wall;
-    hydrogens: the H...H and C-H...O walls.  energy(standard, sites_cart,
-    gradients) takes the pairs from the library manager `standard`, adds its
-    gradient into `gradients` (a vec3_double, or None) and returns the
-    energy."""
+    contacts), symmetry mates included.  bonds: the library's bonded pairs
+    (i, j), which tell an H on C from a polar one.  oxygen_carbon: the O...C
+    wall; hydrogens: the H...H and C-H...O walls.  energy(standard,
+    sites_cart, gradients) takes the pairs from the library manager
+    `standard`, adds its gradient into `gradients` (a vec3_double, or None)
+    and returns the energy."""
 
-    # atom kinds; a wall holds the pairs whose kinds multiply to its key
-    O, C, H_ON_C, H_OTHER = 2, 3, 5, 7
+    OTHER, O, C, H_ON_C, H_OTHER = range(5)   # atom kinds
 
-    def __init__(self, elements, inside, oxygen_carbon=True, hydrogens=True):
-        self.elements = list(elements)
-        self.inside = np.asarray(inside, dtype=bool)
-        walls = {}
+    def __init__(self, elements, inside, bonds, oxygen_carbon=True, hydrogens=True):
+        kind = [{"O": self.O, "C": self.C, "H": self.H_OTHER, "D": self.H_OTHER}.get(
+            e, self.OTHER) for e in elements]
+        for i, j in bonds:
+            for h, partner in ((i, j), (j, i)):
+                if kind[h] == self.H_OTHER and elements[partner] == "C":
+                    kind[h] = self.H_ON_C
+        self.kind = [k if k_in else self.OTHER for k, k_in in zip(kind, inside)]
+        # walls: (name, fraction, function); wall_of[kind i][kind j]: index or None
+        self.walls = []
+        self.wall_of = [[None] * 5 for _ in range(5)]
+
+        def add(name, fraction, kind_pairs):
+            for a, b in kind_pairs:
+                self.wall_of[a][b] = self.wall_of[b][a] = len(self.walls)
+            self.walls.append((name, fraction, _wall(fraction)))
+
         if oxygen_carbon:
-            walls[self.O * self.C] = (OC_DISTANCE_FRACTION, "O...C")
+            add("O...C", OC_DISTANCE_FRACTION, [(self.O, self.C)])
         if hydrogens:
-            for a in (self.H_ON_C, self.H_OTHER):
-                for b in (self.H_ON_C, self.H_OTHER):
-                    walls[a * b] = (HH_DISTANCE_FRACTION, "H...H")
-            walls[self.H_ON_C * self.O] = (CH_O_DISTANCE_FRACTION, "C-H...O")
-        self.walls = walls
-        self.functions = {key: _wall(fraction) for key, (fraction, _) in walls.items()}
-        self.kind = None
+            add("H...H", HH_DISTANCE_FRACTION, [(self.H_ON_C, self.H_ON_C),
+                                                (self.H_ON_C, self.H_OTHER),
+                                                (self.H_OTHER, self.H_OTHER)])
+            add("C-H...O", CH_O_DISTANCE_FRACTION, [(self.H_ON_C, self.O)])
         # the pairs picked from the library's pair list, kept while the
         # library keeps that list (it rebuilds it only when atoms moved more
         # than its buffer), so most calls skip the Python loop over ~50k pairs
@@ -254,50 +264,33 @@ class ContactRepulsion:
 
     def describe(self):
         """'O...C, H...H, C-H...O repulsion below 0.88, 0.8, 0.84 x library distances'"""
-        seen = {}
-        for fraction, name in self.walls.values():
-            seen.setdefault(name, fraction)
         return "%s repulsion below %s x library distances" % (
-            ", ".join(seen), ", ".join("%g" % f for f in seen.values()))
+            ", ".join(name for name, _, _ in self.walls),
+            ", ".join("%g" % fraction for _, fraction, _ in self.walls))
 
-    def _kinds(self, standard):
-        # H kind from its bonded partner in the library's bond table
-        kind = np.array([{"O": self.O, "C": self.C}.get(e, 1) for e in self.elements])
-        hydrogen = np.array([e in ("H", "D") for e in self.elements])
-        kind[hydrogen] = self.H_OTHER
-        for i, row in enumerate(standard.bond_params_table):
-            for j in row.keys():
-                for h, partner in ((i, j), (j, i)):
-                    if hydrogen[h] and self.elements[partner] == "C":
-                        kind[h] = self.H_ON_C
-        return np.where(self.inside, kind, 1)
-
-    def _wall_pairs(self, standard, sorted_proxies):
+    def _wall_pairs(self, sorted_proxies):
         if sorted_proxies is not self._source:
-            if self.kind is None:
-                self.kind = self._kinds(standard)
-            kind = self.kind
-            pairs = {key: geometry_restraints.nonbonded_sorted_asu_proxies(
-                asu_mappings=sorted_proxies.asu_mappings()) for key in self.walls}
+            kind, wall_of = self.kind, self.wall_of
+            pairs = [geometry_restraints.nonbonded_sorted_asu_proxies(
+                asu_mappings=sorted_proxies.asu_mappings()) for _ in self.walls]
             for proxy in sorted_proxies.simple:
                 i, j = proxy.i_seqs
-                key = kind[i] * kind[j]
-                if key in pairs:
-                    pairs[key].process(proxy)
+                w = wall_of[kind[i]][kind[j]]
+                if w is not None:
+                    pairs[w].process(proxy)
             for proxy in sorted_proxies.asu:
-                key = kind[proxy.i_seq] * kind[proxy.j_seq]
-                if key in pairs:
-                    pairs[key].process(proxy)
+                w = wall_of[kind[proxy.i_seq]][kind[proxy.j_seq]]
+                if w is not None:
+                    pairs[w].process(proxy)
             self._source, self._pairs = sorted_proxies, pairs
         return self._pairs
 
     def energy(self, standard, sites_cart, gradients=None):
-        pairs = self._wall_pairs(
-            standard, standard.pair_proxies(sites_cart=sites_cart).nonbonded_proxies)
+        pairs = self._wall_pairs(standard.pair_proxies(sites_cart=sites_cart).nonbonded_proxies)
         return sum(geometry_restraints.nonbonded_residual_sum(
             sites_cart=sites_cart, sorted_asu_proxies=p, gradient_array=gradients,
-            function=self.functions[key], disable_cache=True)
-            for key, p in pairs.items())
+            function=function, disable_cache=True)
+            for p, (_, _, function) in zip(pairs, self.walls))
 
 
 class SingleCalculation:
@@ -711,6 +704,7 @@ def build_qm_manager(model, params, log=sys.stdout, fragment_params=None,
     walls = None
     if params.oxygen_carbon_repulsion or params.hydrogen_contact_repulsion:
         walls = ContactRepulsion(elements, region_mask(n, None if region is None else region.atoms),
+                                 library_bond_pairs(model),
                                  oxygen_carbon=params.oxygen_carbon_repulsion,
                                  hydrogens=params.hydrogen_contact_repulsion)
     if fragment_params is not None:
